@@ -1,0 +1,166 @@
+"""Browser Use API v2 on the wire: paths, statuses, parsing and trimming of answers.
+
+Every rule about what the API sends and means lives here, so that the sync hook, the async
+client, the operators and the sensors read it in one place.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from typing import Any
+
+DEFAULT_BASE_URL = "https://api.browser-use.com/api/v2"
+DEFAULT_UI_BASE_URL = "https://cloud.browser-use.com"
+API_KEY_HEADER = "X-Browser-Use-API-Key"
+MAX_PAGE_SIZE = 100
+
+
+class SessionStatus(str, Enum):
+    """Status of a session (a cloud browser)."""
+
+    ACTIVE = "active"
+    STOPPED = "stopped"
+
+
+class TaskStatus(str, Enum):
+    """Status of a task (one agent run)."""
+
+    CREATED = "created"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+TASK_TERMINAL_STATUSES = frozenset({TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.STOPPED})
+TASK_FAILED_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.STOPPED})
+
+#: Fields holding URLs that grant access to a browser or its recording: never in XCom or logs.
+ACCESS_URL_FIELDS = ("liveUrl", "publicShareUrl", "recordingUrl")
+#: What ``task_outputs`` keeps of each task of a session.
+TASK_OUTPUT_FIELDS = ("id", "status", "output", "isSuccess", "judgeVerdict", "cost")
+
+
+# --- paths -------------------------------------------------------------------------------------
+
+ACCOUNT_PATH = "/billing/account"
+SESSIONS_PATH = "/sessions"
+TASKS_PATH = "/tasks"
+
+
+def session_path(session_id: str) -> str:
+    return f"{SESSIONS_PATH}/{session_id}"
+
+
+def task_path(task_id: str) -> str:
+    return f"{TASKS_PATH}/{task_id}"
+
+
+def task_status_path(task_id: str) -> str:
+    return f"{TASKS_PATH}/{task_id}/status"
+
+
+STOP_SESSION_BODY = {"action": "stop"}
+STOP_TASK_BODY = {"action": "stop"}
+STOP_TASK_AND_SESSION_BODY = {"action": "stop_task_and_session"}
+
+
+# --- input checks ------------------------------------------------------------------------------
+
+
+def require_uuid(value: Any, parameter: str) -> str:
+    """Return ``value`` as a canonical UUID string, or raise ValueError naming ``parameter``."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            return str(uuid.UUID(value.strip()))
+        except ValueError:
+            pass
+    raise ValueError(
+        f"{parameter} must be a Browser Use id (a UUID such as "
+        f"'3c90c3cc-0d44-4b50-8888-8dd25736052a'), got {value!r}"
+    )
+
+
+# --- statuses ----------------------------------------------------------------------------------
+
+
+def session_status(view: Mapping[str, Any]) -> SessionStatus | None:
+    """The session's status, or None when the API sent one this version does not know."""
+    try:
+        return SessionStatus(view.get("status"))
+    except ValueError:
+        return None
+
+
+def task_status(view: Mapping[str, Any]) -> TaskStatus | None:
+    """The task's status, or None when the API sent one this version does not know.
+
+    An unknown status is never terminal: older and newer API versions have had others.
+    """
+    try:
+        return TaskStatus(view.get("status"))
+    except ValueError:
+        return None
+
+
+# --- trimming answers for XCom -----------------------------------------------------------------
+
+
+def without_access_urls(view: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a session view without the URLs that grant access to the browser."""
+    return {key: value for key, value in view.items() if key not in ACCESS_URL_FIELDS}
+
+
+def task_outputs(session_view: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """For each task of a session, in order: its id, status, output, success claims and cost."""
+    return [
+        {field: task.get(field) for field in TASK_OUTPUT_FIELDS} for task in session_view.get("tasks") or []
+    ]
+
+
+def to_decimal(value: Any) -> Decimal:
+    """A decimal-string money or size field as a Decimal; missing or unreadable counts as 0."""
+    if value is None:
+        return Decimal(0)
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return Decimal(0)
+
+
+def session_cost(session_view: Mapping[str, Any]) -> Decimal:
+    """The session's total cost in USD: its tasks' costs plus the proxy cost."""
+    tasks: Iterable[Mapping[str, Any]] = session_view.get("tasks") or []
+    return sum((to_decimal(task.get("cost")) for task in tasks), to_decimal(session_view.get("proxyCost")))
+
+
+# --- error bodies ------------------------------------------------------------------------------
+
+
+def error_detail(body: Any) -> str:
+    """Turn an error body into words: ``{"detail": str}``, a list of validation errors or one."""
+    detail = body.get("detail", body) if isinstance(body, Mapping) else body
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, Mapping):
+        if "msg" in detail:
+            return _validation_error_text(detail)
+        if "message" in detail:
+            return str(detail["message"])
+    if isinstance(detail, list) and detail:
+        return "; ".join(
+            _validation_error_text(item) if isinstance(item, Mapping) else str(item) for item in detail
+        )
+    return "" if detail is None else str(detail)
+
+
+def _validation_error_text(error: Mapping[str, Any]) -> str:
+    location = [str(part) for part in error.get("loc") or [] if part not in ("body", "query", "path")]
+    field = ".".join(location)
+    message = str(error.get("msg", "invalid value"))
+    return f"{field}: {message}" if field else message

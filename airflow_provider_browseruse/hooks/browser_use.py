@@ -1,0 +1,369 @@
+"""BrowserUseHook: the authenticated connection to the Browser Use Cloud API v2."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import tenacity
+from urllib3.exceptions import NewConnectionError
+
+from airflow.sdk import BaseHook
+from airflow_provider_browseruse import CONNECTION_UI_FIELD_BEHAVIOUR, __version__, _wire
+from airflow_provider_browseruse._compat import AirflowException
+from airflow_provider_browseruse._retry import RetryPolicy
+from airflow_provider_browseruse.exceptions import BrowserUseAPIError, FailureKind
+
+USER_AGENT = f"airflow-provider-browseruse/{__version__}"
+DEFAULT_API_PATH = "/api/v2"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What a client needs from an Airflow connection. The key never shows in ``repr``."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    ui_base_url: str = _wire.DEFAULT_UI_BASE_URL
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def api_settings(conn: Any, conn_id: str) -> ApiSettings:
+    """Read an Airflow connection of type ``browser_use``.
+
+    The API key is the password. The base URL is the host: either a whole URL
+    (``https://api.browser-use.com/api/v2``, the JSON form) or, from a URI such as
+    ``browser-use://:KEY@api.browser-use.com/api/v2``, a host name with port and path (the path
+    arrives as the connection's schema). A URL without a path gets ``/api/v2``; an empty host
+    means the public API. Plain ``http`` is refused for hosts other than loopback unless the
+    extra ``allow_insecure_http`` is true. Extras: ``scheme`` (for the URI form, default
+    https), ``ui_base_url`` (the Browser Use web app, for links).
+
+    :raises AirflowException: no API key, or a base URL that is not usable.
+    """
+    api_key = (conn.password or "").strip()
+    if not api_key:
+        raise AirflowException(
+            f"Airflow connection {conn_id!r} has no Browser Use API key: "
+            "put the key (bu_...) in the connection's password field."
+        )
+    extra = conn.extra_dejson or {}
+    host = (conn.host or "").strip()
+    if not host:
+        base_url = _wire.DEFAULT_BASE_URL
+    elif "://" in host:
+        base_url = host
+    else:
+        port = f":{conn.port}" if conn.port else ""
+        path = (conn.schema or "").strip("/")
+        base_url = f"{extra.get('scheme', 'https')}://{host}{port}/{path}"
+    parts = urlsplit(base_url.rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AirflowException(
+            f"Airflow connection {conn_id!r} has base URL {base_url!r}: expected an http(s) URL "
+            f"such as {_wire.DEFAULT_BASE_URL!r}."
+        )
+    allow_http = str(extra.get("allow_insecure_http", "")).lower() in ("true", "1", "yes")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname) and not allow_http:
+        raise AirflowException(
+            f"Airflow connection {conn_id!r} has a plain-http base URL to {parts.hostname!r}: the "
+            "API key would travel unencrypted. Use https, or set the extra "
+            '{"allow_insecure_http": true} if you really mean it.'
+        )
+    path = parts.path.rstrip("/") or DEFAULT_API_PATH
+    ui_base_url = str(extra.get("ui_base_url") or _wire.DEFAULT_UI_BASE_URL).rstrip("/")
+    return ApiSettings(f"{parts.scheme}://{parts.netloc}{path}", api_key, ui_base_url)
+
+
+def api_error(
+    call: str,
+    conn_id: str,
+    *,
+    status_code: int | None = None,
+    body: Any = None,
+    kind: FailureKind = "http",
+    retry_after: float | None = None,
+    reason: str = "",
+) -> BrowserUseAPIError:
+    """Build the error for a failed call, in words a DAG author understands."""
+    detail = _wire.error_detail(body) if body is not None else reason
+    if kind == "unreachable":
+        why = f"could not connect to the API ({reason})"
+    elif kind == "interrupted":
+        why = f"no complete answer from the API ({reason})"
+    elif kind == "malformed":
+        why = f"the API answered HTTP {status_code} with a body that is not the expected JSON"
+    elif status_code in (401, 403):
+        why = (
+            f"HTTP {status_code}: the API key was rejected ({detail or 'unauthorized'}); check the "
+            f"password of Airflow connection {conn_id!r}"
+        )
+    elif status_code == 402:
+        why = f"HTTP 402: out of credits or over the key's spend limit ({detail})"
+    elif status_code == 404:
+        why = f"HTTP 404: {detail or 'not found'}"
+    elif status_code == 422:
+        why = f"HTTP 422: the API rejected the request: {detail}"
+    elif status_code == 429:
+        why = f"HTTP 429: the account's concurrent-session cap is reached ({detail})"
+    else:
+        why = f"HTTP {status_code}: {detail}" if detail else f"HTTP {status_code}"
+    return BrowserUseAPIError(
+        f"Browser Use {call} failed: {why}",
+        call=call,
+        status_code=status_code,
+        detail=detail,
+        kind=kind,
+        retry_after=retry_after,
+    )
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """An integer ``Retry-After`` in seconds; dates and garbage are ignored."""
+    if value and value.strip().isdigit():
+        return float(value.strip())
+    return None
+
+
+class BrowserUseHook(BaseHook):
+    """Calls the Browser Use Cloud API v2 with the key of an Airflow connection.
+
+    Every method returns the API's JSON as a dict with the API's own (camelCase) field names and
+    raises :class:`~airflow_provider_browseruse.exceptions.BrowserUseAPIError` when the call
+    fails after the retries its kind allows (see :class:`~airflow_provider_browseruse._retry.RetryPolicy`).
+    Ids are checked to be UUIDs before anything is sent (ValueError).
+
+    :param browser_use_conn_id: the Airflow connection (type ``browser_use``).
+    :param timeout: seconds to wait for each HTTP answer.
+    :param retry_policy: retry limits; the default retries 5 times within 120 s.
+    """
+
+    conn_name_attr = "browser_use_conn_id"
+    default_conn_name = "browser_use_default"
+    conn_type = "browser_use"
+    hook_name = "Browser Use"
+
+    def __init__(
+        self,
+        browser_use_conn_id: str = default_conn_name,
+        *,
+        timeout: float = 30.0,
+        retry_policy: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.browser_use_conn_id = browser_use_conn_id
+        self.timeout = timeout
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._sleep: Callable[[float], Any] = time.sleep
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The connection form, for Airflow before 3.2 (newer versions read the provider info)."""
+        return CONNECTION_UI_FIELD_BEHAVIOUR
+
+    @cached_property
+    def settings(self) -> ApiSettings:
+        """Base URLs and key, read once from the connection."""
+        settings = api_settings(self.get_connection(self.browser_use_conn_id), self.browser_use_conn_id)
+        self._mask(settings.api_key)
+        return settings
+
+    @staticmethod
+    def _mask(secret: str) -> None:
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(secret)
+
+    @cached_property
+    def http(self) -> requests.Session:
+        """One keep-alive session for every call of this hook."""
+        session = requests.Session()
+        session.headers.update(
+            {
+                _wire.API_KEY_HEADER: self.settings.api_key,
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+            }
+        )
+        return session
+
+    def close(self) -> None:
+        """Close the keep-alive connections (they also close when the hook is collected)."""
+        if "http" in self.__dict__:
+            self.http.close()
+            del self.__dict__["http"]
+
+    # --- transport --------------------------------------------------------------------------
+
+    def _call(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        resend_safe: bool = True,
+    ) -> Any:
+        retrying = tenacity.Retrying(
+            **self.retry_policy.tenacity_arguments(resend_safe=resend_safe, sleep=self._sleep, log=self.log)
+        )
+        return retrying(self._send_once, call, method, path, json, params)
+
+    def _send_once(
+        self, call: str, method: str, path: str, json: Any, params: Mapping[str, Any] | None
+    ) -> Any:
+        conn_id = self.browser_use_conn_id
+        try:
+            response = self.http.request(
+                method, self.settings.base_url + path, json=json, params=params, timeout=self.timeout
+            )
+        except requests.ConnectionError as error:
+            # A refused or timed-out connect never sent the request; anything else may have.
+            reason = error.args[0] if error.args else None
+            never_sent = isinstance(error, requests.ConnectTimeout) or isinstance(
+                getattr(reason, "reason", None), NewConnectionError
+            )
+            kind: FailureKind = "unreachable" if never_sent else "interrupted"
+            raise api_error(call, conn_id, kind=kind, reason=type(error).__name__) from error
+        except requests.RequestException as error:  # read timeout, broken chunked body
+            raise api_error(call, conn_id, kind="interrupted", reason=type(error).__name__) from error
+        status = response.status_code
+        if status >= 400:
+            try:
+                body: Any = response.json()
+            except ValueError:
+                body = response.text[:500]
+            raise api_error(
+                call,
+                conn_id,
+                status_code=status,
+                body=body,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+            )
+        if status == 204:
+            return None
+        try:
+            return response.json()
+        except ValueError as error:
+            raise api_error(call, conn_id, status_code=status, kind="malformed") from error
+
+    def _call_for_dict(self, call: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        answer = self._call(call, method, path, **kwargs)
+        if not isinstance(answer, dict):
+            raise api_error(call, self.browser_use_conn_id, status_code=200, kind="malformed")
+        return answer
+
+    # --- account ----------------------------------------------------------------------------
+
+    def get_account(self) -> dict[str, Any]:
+        """The account (AccountView): balances, plan, and on newer servers the session cap."""
+        return self._call_for_dict("get_account", "GET", _wire.ACCOUNT_PATH)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the key with the side-effect-free account call; never raises."""
+        try:
+            account = self.get_account()
+        except Exception as error:
+            return False, str(error)
+        plan = (account.get("planInfo") or {}).get("planName", "unknown plan")
+        return True, f"Connected to Browser Use: project {account.get('projectId')}, {plan}."
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    def create_session(self, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Start a session (``POST /sessions``) with the API's CreateSessionRequest fields.
+
+        Note the API's default ``keepAlive`` is true: such a session bills until stopped.
+        Never resent after an ambiguous failure (it may have started a browser).
+        """
+        return self._call_for_dict("create_session", "POST", _wire.SESSIONS_PATH, json=dict(body or {}), resend_safe=False)
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        """The session (SessionView) with its tasks."""
+        session_id = _wire.require_uuid(session_id, "session_id")
+        return self._call_for_dict(f"get_session({session_id})", "GET", _wire.session_path(session_id))
+
+    def stop_session(self, session_id: str) -> dict[str, Any]:
+        """Stop the session and its running tasks (``PATCH {"action": "stop"}``); SessionView."""
+        session_id = _wire.require_uuid(session_id, "session_id")
+        return self._call_for_dict(
+            f"stop_session({session_id})", "PATCH", _wire.session_path(session_id), json=_wire.STOP_SESSION_BODY
+        )
+
+    def list_sessions(self, status: str | _wire.SessionStatus | None = None) -> list[dict[str, Any]]:
+        """Every session (SessionItemView), following all pages; ``status`` filters by status."""
+        params: dict[str, Any] = {"pageSize": _wire.MAX_PAGE_SIZE}
+        if status is not None:
+            params["filterBy"] = _wire.SessionStatus(status).value
+        return self._list_all("list_sessions", _wire.SESSIONS_PATH, params)
+
+    def _list_all(self, call: str, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        page_number = 1
+        while True:
+            page = self._call_for_dict(call, "GET", path, params={**params, "pageNumber": page_number})
+            page_items = page.get("items") or []
+            items.extend(page_items)
+            if not page_items or len(items) >= int(page.get("totalItems") or 0):
+                return items
+            page_number += 1
+
+    # --- tasks ------------------------------------------------------------------------------
+
+    def create_task(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Start an agent task (``POST /tasks``) with the API's CreateTaskRequest fields.
+
+        Returns ``{"id": ..., "sessionId": ...}``. Without ``sessionId`` the API starts a
+        one-off session that closes when the task ends. Never resent after an ambiguous failure.
+        """
+        task = body.get("task")
+        if not isinstance(task, str) or not task.strip():
+            raise ValueError(f"task must be a non-empty prompt for the agent, got {task!r}")
+        if body.get("sessionId") is not None:
+            body = {**body, "sessionId": _wire.require_uuid(body["sessionId"], "session_id")}
+        return self._call_for_dict("create_task", "POST", _wire.TASKS_PATH, json=dict(body), resend_safe=False)
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        """The full task (TaskView) with steps, output files and judgement: fetch it once."""
+        task_id = _wire.require_uuid(task_id, "browser_use_task_id")
+        return self._call_for_dict(f"get_task({task_id})", "GET", _wire.task_path(task_id))
+
+    def get_task_status(self, task_id: str) -> dict[str, Any]:
+        """The light task status (TaskStatusView) meant for polling."""
+        task_id = _wire.require_uuid(task_id, "browser_use_task_id")
+        return self._call_for_dict(f"get_task_status({task_id})", "GET", _wire.task_status_path(task_id))
+
+    def stop_task(self, task_id: str, *, stop_session: bool = False) -> dict[str, Any]:
+        """Stop the task, and with ``stop_session`` its session too; returns the TaskView."""
+        task_id = _wire.require_uuid(task_id, "browser_use_task_id")
+        body = _wire.STOP_TASK_AND_SESSION_BODY if stop_session else _wire.STOP_TASK_BODY
+        return self._call_for_dict(f"stop_task({task_id})", "PATCH", _wire.task_path(task_id), json=body)
+
+    def list_tasks(
+        self, *, session_id: str | None = None, status: str | _wire.TaskStatus | None = None
+    ) -> list[dict[str, Any]]:
+        """Every task (TaskItemView), following all pages, optionally of one session or status."""
+        params: dict[str, Any] = {"pageSize": _wire.MAX_PAGE_SIZE}
+        if session_id is not None:
+            params["sessionId"] = _wire.require_uuid(session_id, "session_id")
+        if status is not None:
+            params["filterBy"] = _wire.TaskStatus(status).value
+        return self._list_all("list_tasks", _wire.TASKS_PATH, params)

@@ -1,0 +1,629 @@
+"""A local emulator of the Browser Use Cloud API v2, served over loopback HTTP.
+
+In tests::
+
+    with BrowserUseEmulator(api_key="test-key") as emulator:
+        hook_conn = emulator.airflow_connection()  # JSON for AIRFLOW_CONN_BROWSER_USE_DEFAULT
+        ...
+        assert emulator.active_session_count() == 0
+
+From a shell::
+
+    python -m airflow_provider_browseruse.testing.emulator --port 8790 --api-key test-key
+
+Beside the API under ``/api/v2`` it serves an admin API under ``/_emulator`` (no key needed):
+``GET state``, ``GET requests``, ``POST faults`` / ``DELETE faults``, ``POST scenario``,
+``POST reset``, and the download links it hands out for logs and output files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from airflow_provider_browseruse.testing._state import ApiError, EmulatorState
+from airflow_provider_browseruse.testing.scenario import Scenario
+
+API_PREFIX = "/api/v2"
+ADMIN_PREFIX = "/_emulator"
+API_KEY_HEADER = b"x-browser-use-api-key"
+
+SUPPORTED_LLMS = Literal[
+    "browser-use-llm", "browser-use-2.0", "gpt-4.1", "gpt-4.1-mini", "o4-mini", "o3",
+    "gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-pro-preview", "gemini-3.1-pro-preview",
+    "gemini-3-flash-preview", "gemini-flash-latest", "gemini-flash-lite-latest",
+    "claude-sonnet-4-20250514", "claude-sonnet-4-5-20250929", "claude-sonnet-4-6",
+    "claude-opus-4-5-20251101", "claude-opus-4-7", "llama-4-maverick-17b-128e-instruct",
+    "claude-3-7-sonnet-20250219",
+]  # fmt: skip
+CountryCode = Annotated[str, Field(pattern=r"^[a-z]{2}$")]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+# --- request bodies (as the real service validates them) ---------------------------------------
+
+
+class SessionSettings(BaseModel):
+    profileId: uuid.UUID | None = None
+    proxyCountryCode: CountryCode | None = "us"
+    browserScreenWidth: int | None = Field(default=None, ge=320, le=6144)
+    browserScreenHeight: int | None = Field(default=None, ge=320, le=3456)
+    enableRecording: bool = False
+
+
+class CreateSessionRequest(SessionSettings):
+    startUrl: str | None = None
+    persistMemory: bool = True
+    keepAlive: bool = True
+    customProxy: dict[str, Any] | None = None
+
+
+class CreateTaskRequest(BaseModel):
+    task: str = Field(min_length=1, max_length=50000)
+    llm: SUPPORTED_LLMS = "browser-use-2.0"
+    startUrl: str | None = None
+    maxSteps: int = Field(default=100, ge=1, le=10000)
+    structuredOutput: str | None = None
+    sessionId: uuid.UUID | None = None
+    metadata: dict[str, str] | None = None
+    secrets: dict[str, str] | None = None
+    allowedDomains: list[str] | None = None
+    opVaultId: str | None = None
+    sessionSettings: SessionSettings | None = None
+    highlightElements: bool = False
+    flashMode: bool = False
+    thinking: bool = False
+    vision: bool | Literal["auto"] = True
+    systemPromptExtension: str = Field(default="", max_length=10000)
+    judge: bool = False
+    judgeGroundTruth: str | None = Field(default=None, max_length=10000)
+    judgeLlm: SUPPORTED_LLMS | None = None
+    skillIds: list[str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _at_most_ten(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and len(value) > 10:
+            raise ValueError("metadata can have at most 10 key-value pairs")
+        return value
+
+
+class UpdateSessionRequest(BaseModel):
+    action: Literal["stop"]
+
+
+class UpdateTaskRequest(BaseModel):
+    action: Literal["stop", "stop_task_and_session"]
+
+
+# --- faults and the request log ----------------------------------------------------------------
+
+
+class Fault(BaseModel):
+    """A fault injected into the answers to matching requests.
+
+    :param method: HTTP method to match (any when None).
+    :param path: regular expression that must match the whole path below ``/api/v2``.
+    :param times: how many matching requests get the fault.
+    :param status: answer with this status and ``{"detail": ...}``.
+    :param retry_after: with ``status``, a ``Retry-After`` header in seconds.
+    :param latency: seconds to wait before answering.
+    :param drop: close the connection in the middle of the answer.
+    :param malformed: answer 200 with a body that is not JSON.
+    :param after_handling: let the emulator handle the request first (a create creates), then
+        replace its answer with the fault: the ambiguous failure a client must not resend.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str | None = None
+    path: str = ".*"
+    times: int = Field(default=1, ge=1)
+    status: int | None = Field(default=None, ge=100, le=599)
+    retry_after: int | None = Field(default=None, ge=0)
+    latency: float = Field(default=0, ge=0)
+    drop: bool = False
+    malformed: bool = False
+    after_handling: bool = False
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method.upper() == method) and re.fullmatch(self.path, path) is not None
+
+    @property
+    def replaces_answer(self) -> bool:
+        return self.status is not None or self.drop or self.malformed
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request the emulator answered."""
+
+    method: str
+    path: str  # below /api/v2 for API calls, else the whole path
+    status: int
+    time: float  # wall clock when it arrived
+    duration: float  # seconds to answer
+
+
+class EmulatedDrop(Exception):
+    """Raised on purpose to cut a connection mid-answer; the server logs nothing for it."""
+
+
+class _QuietDrops(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], EmulatedDrop))
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    if status == 204:
+        return Response(status_code=204, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def build_app(emulator: BrowserUseEmulator) -> FastAPI:
+    """The FastAPI app: the API routes under /api/v2 and the admin routes under /_emulator."""
+    state = emulator.state
+    app = FastAPI(title="Browser Use API v2 emulator", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, error: ApiError) -> Response:
+        return _json(error.status, {"detail": error.detail}, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, error: RequestValidationError) -> Response:
+        # The real service's shape, minus the echoed input (it may hold task secrets).
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+        return _json(422, {"detail": detail})
+
+    def base(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
+
+    api = API_PREFIX
+
+    @app.get(f"{api}/billing/account")
+    async def account() -> Response:
+        return _json(200, state.account())
+
+    @app.post(f"{api}/sessions")
+    async def create_session(body: Annotated[CreateSessionRequest | None, Body()] = None) -> Response:
+        fields = (body or CreateSessionRequest()).model_dump(exclude_unset=True)
+        return _json(201, state.create_session(fields))
+
+    @app.get(f"{api}/sessions")
+    async def list_sessions(
+        pageSize: Annotated[int, Query(ge=1, le=100)] = 10,
+        pageNumber: Annotated[int, Query(ge=1)] = 1,
+        filterBy: Literal["active", "stopped"] | None = None,
+    ) -> Response:
+        return _json(200, _page(state.list_sessions(filterBy), pageSize, pageNumber))
+
+    @app.get(f"{api}/sessions/{{session_id}}")
+    async def get_session(session_id: uuid.UUID) -> Response:
+        return _json(200, state.get_session(str(session_id)))
+
+    @app.patch(f"{api}/sessions/{{session_id}}")
+    async def update_session(session_id: uuid.UUID, body: UpdateSessionRequest) -> Response:
+        return _json(200, state.stop_session(str(session_id)))
+
+    @app.delete(f"{api}/sessions/{{session_id}}")
+    async def delete_session(session_id: uuid.UUID) -> Response:
+        state.delete_session(str(session_id))
+        return _json(204, None)
+
+    @app.get(f"{api}/sessions/{{session_id}}/public-share")
+    async def get_share(session_id: uuid.UUID) -> Response:
+        return _json(200, state.share(str(session_id), create=False))
+
+    @app.post(f"{api}/sessions/{{session_id}}/public-share")
+    async def create_share(session_id: uuid.UUID) -> Response:
+        return _json(201, state.share(str(session_id), create=True))
+
+    @app.delete(f"{api}/sessions/{{session_id}}/public-share")
+    async def delete_share(session_id: uuid.UUID) -> Response:
+        state.unshare(str(session_id))
+        return _json(204, None)
+
+    @app.post(f"{api}/tasks")
+    async def create_task(body: CreateTaskRequest) -> Response:
+        fields = body.model_dump(exclude_unset=True, mode="json")
+        return _json(202, state.create_task(fields))
+
+    @app.get(f"{api}/tasks")
+    async def list_tasks(
+        pageSize: Annotated[int, Query(ge=1, le=100)] = 10,
+        pageNumber: Annotated[int, Query(ge=1)] = 1,
+        sessionId: uuid.UUID | None = None,
+        filterBy: Literal["created", "started", "finished", "failed", "stopped"] | None = None,
+        after: str | None = None,
+        before: str | None = None,
+    ) -> Response:
+        items = state.list_tasks(
+            session_id=str(sessionId) if sessionId else None, status=filterBy, after=after, before=before
+        )
+        return _json(200, _page(items, pageSize, pageNumber))
+
+    @app.get(f"{api}/tasks/{{task_id}}")
+    async def get_task(task_id: uuid.UUID) -> Response:
+        return _json(200, state.get_task(str(task_id)))
+
+    @app.get(f"{api}/tasks/{{task_id}}/status")
+    async def get_task_status(task_id: uuid.UUID) -> Response:
+        return _json(200, state.task_status_view(str(task_id)))
+
+    @app.patch(f"{api}/tasks/{{task_id}}")
+    async def update_task(task_id: uuid.UUID, body: UpdateTaskRequest) -> Response:
+        view = state.stop_task(str(task_id), and_session=body.action == "stop_task_and_session")
+        return _json(200, view)
+
+    @app.get(f"{api}/tasks/{{task_id}}/logs")
+    async def task_logs(task_id: uuid.UUID, request: Request) -> Response:
+        state.get_task(str(task_id))
+        return _json(200, {"downloadUrl": state.download_url("logs", str(task_id), base(request))})
+
+    @app.get(f"{api}/files/tasks/{{task_id}}/output-files/{{file_id}}")
+    async def output_file(task_id: uuid.UUID, file_id: uuid.UUID, request: Request) -> Response:
+        name, _ = state.output_file(str(task_id), str(file_id))
+        url = state.download_url("file", f"{task_id}/{file_id}", base(request))
+        return _json(200, {"id": str(file_id), "fileName": name, "downloadUrl": url})
+
+    # --- admin ---------------------------------------------------------------------------------
+
+    @app.get(f"{ADMIN_PREFIX}/download/{{token}}")
+    async def download(token: str) -> Response:
+        kind, object_id = state.download_tokens.get(token, ("", ""))
+        if kind == "logs":
+            task = state.get_task(object_id)
+            lines = [f"step {s['number']}: {s['nextGoal']}" for s in task["steps"]]
+            return PlainTextResponse("\n".join([f"task {object_id}: {task['status']}", *lines]) + "\n")
+        if kind == "file":
+            task_id, file_id = object_id.split("/")
+            _, content = state.output_file(task_id, file_id)
+            return PlainTextResponse(content)
+        return _json(404, {"detail": "Download link not found or expired"})
+
+    @app.get(f"{ADMIN_PREFIX}/state")
+    async def admin_state() -> Response:
+        return _json(
+            200,
+            {
+                "activeSessionCount": state.active_session_count(),
+                "sessionCount": len(state.sessions),
+                "taskCount": len(state.tasks),
+            },
+        )
+
+    @app.get(f"{ADMIN_PREFIX}/requests")
+    async def admin_requests() -> Response:
+        return _json(200, [asdict(r) for r in emulator.requests()])
+
+    @app.post(f"{ADMIN_PREFIX}/faults")
+    async def admin_add_fault(fault: Fault) -> Response:
+        emulator.add_fault(fault)
+        return _json(201, fault.model_dump())
+
+    @app.delete(f"{ADMIN_PREFIX}/faults")
+    async def admin_clear_faults() -> Response:
+        emulator.clear_faults()
+        return _json(204, None)
+
+    @app.post(f"{ADMIN_PREFIX}/scenario")
+    async def admin_scenario(body: Annotated[dict[str, Any], Body()]) -> Response:
+        try:
+            state.scenario = Scenario.from_dict(body)
+        except ValueError as error:  # pydantic's ValidationError is a ValueError
+            return _json(422, {"detail": str(error)})
+        return _json(204, None)
+
+    @app.post(f"{ADMIN_PREFIX}/reset")
+    async def admin_reset() -> Response:
+        emulator.reset()
+        return _json(204, None)
+
+    return app
+
+
+def _page(items: list[dict[str, Any]], size: int, number: int) -> dict[str, Any]:
+    start = (number - 1) * size
+    return {"items": items[start : start + size], "totalItems": len(items), "pageNumber": number, "pageSize": size}
+
+
+class _Front:
+    """ASGI wrapper: request log, API key check and fault injection, before the FastAPI app."""
+
+    def __init__(self, app: FastAPI, emulator: BrowserUseEmulator) -> None:
+        self.app = app
+        self.emulator = emulator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        arrived, started = time.time(), time.perf_counter()
+        method, path = scope["method"], scope["path"]
+        status = 0
+
+        async def logged_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        is_api = path.startswith(API_PREFIX)
+        logged_path = path[len(API_PREFIX) :] if is_api else path
+        try:
+            if is_api:
+                await self._api(scope, receive, logged_send, method, logged_path)
+            else:
+                await self.app(scope, receive, logged_send)
+        finally:
+            self.emulator._log(RequestRecord(method, logged_path, status, arrived, time.perf_counter() - started))
+
+    async def _api(self, scope: Scope, receive: Receive, send: Send, method: str, path: str) -> None:
+        fault = self.emulator._take_fault(method, path)
+        if fault is not None and fault.latency:
+            await asyncio.sleep(fault.latency)
+        if fault is not None and fault.replaces_answer and not fault.after_handling:
+            await _answer_with_fault(fault, send)
+            return
+        key = dict(scope["headers"]).get(API_KEY_HEADER, b"").decode("latin-1")
+        if key != self.emulator.state.api_key:
+            body = b'{"detail":"Invalid or missing API key"}'
+            await _send_raw(send, 401, body)
+            return
+        if fault is not None and fault.replaces_answer:
+
+            async def swallow(message: Message) -> None:
+                return None
+
+            await self.app(scope, receive, swallow)
+            await _answer_with_fault(fault, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _send_raw(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None, length: int | None = None
+) -> None:
+    all_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body) if length is None else length).encode()),
+        *(headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _answer_with_fault(fault: Fault, send: Send) -> None:
+    if fault.drop:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"512")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"id": "', "more_body": True})
+        raise EmulatedDrop("emulated dropped connection")
+    if fault.malformed:
+        await _send_raw(send, 200, b'{"id": "not json')
+        return
+    headers = [(b"retry-after", str(fault.retry_after).encode())] if fault.retry_after is not None else []
+    body = json.dumps({"detail": f"Emulated fault: HTTP {fault.status}"}).encode()
+    await _send_raw(send, fault.status or 500, body, headers)
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+def _require_loopback(host: str) -> None:
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"host must be a loopback address such as 127.0.0.1, got {host!r}")
+
+
+class BrowserUseEmulator:
+    """The emulator as a server object: start it, point a connection at it, stop it.
+
+    :param api_key: the only API key it accepts.
+    :param host: a loopback address to listen on.
+    :param port: the port; 0 picks a free one.
+    :param scenario: scripted task outcomes (:class:`~airflow_provider_browseruse.testing.Scenario`).
+    :param max_concurrent_sessions: the account's cap on active sessions (429 beyond it).
+    :param retry_after: seconds sent in ``Retry-After`` with that 429.
+    """
+
+    def __init__(
+        self,
+        api_key: str = "emulator-key",
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        scenario: Scenario | None = None,
+        max_concurrent_sessions: int | None = None,
+        retry_after: int = 5,
+    ) -> None:
+        _require_loopback(host)
+        self.host = host
+        self.port = port
+        self.state = EmulatorState(
+            api_key, scenario=scenario, max_concurrent_sessions=max_concurrent_sessions, retry_after=retry_after
+        )
+        self._faults: list[Fault] = []
+        self._remaining: list[int] = []
+        self._log_lock = threading.Lock()
+        self._requests: list[RequestRecord] = []
+        self.app = _Front(build_app(self), self)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _config(self) -> Any:
+        import uvicorn
+
+        logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+        return uvicorn.Config(
+            self.app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30, backlog=4096
+        )
+
+    def start(self, timeout: float = 10.0) -> BrowserUseEmulator:
+        """Start serving in a background thread; returns once it accepts connections."""
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        self._server = uvicorn.Server(self._config())
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="browser-use-emulator", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the Browser Use emulator did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the server thread to end."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+    def __enter__(self) -> BrowserUseEmulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def root_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL, for the connection's host."""
+        return self.root_url + API_PREFIX
+
+    def airflow_connection(self) -> str:
+        """The connection as JSON, for ``AIRFLOW_CONN_<ID>`` (it holds the emulator's key)."""
+        return json.dumps({"conn_type": "browser_use", "host": self.base_url, "password": self.state.api_key})
+
+    # --- what tests read and set -------------------------------------------------------------
+
+    def add_fault(self, fault: Fault | None = None, **fields: Any) -> Fault:
+        """Inject a fault (a :class:`Fault`, or its fields as keywords); returns it."""
+        fault = fault or Fault(**fields)
+        with self._log_lock:
+            self._faults.append(fault)
+            self._remaining.append(fault.times)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._log_lock:
+            self._faults.clear()
+            self._remaining.clear()
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        if not self._faults:
+            return None
+        with self._log_lock:
+            for index, fault in enumerate(self._faults):
+                if self._remaining[index] > 0 and fault.matches(method, path):
+                    self._remaining[index] -= 1
+                    return fault
+        return None
+
+    def _log(self, record: RequestRecord) -> None:
+        with self._log_lock:
+            self._requests.append(record)
+
+    def requests(self, method: str | None = None, path: str | None = None) -> list[RequestRecord]:
+        """Requests answered so far, optionally of one method and a path (regex, whole match)."""
+        with self._log_lock:
+            records = list(self._requests)
+        return [
+            r
+            for r in records
+            if (method is None or r.method == method.upper()) and (path is None or re.fullmatch(path, r.path))
+        ]
+
+    def count(self, method: str, path: str) -> int:
+        """How many requests of ``method`` to ``path`` (a regex) were answered."""
+        return len(self.requests(method, path))
+
+    def active_session_count(self) -> int:
+        return self.state.active_session_count()
+
+    def reset(self) -> None:
+        """Forget every session, task, fault and logged request (the key and scenario stay)."""
+        with self.state.lock:
+            self.state.sessions.clear()
+            self.state.tasks.clear()
+            self.state.files.clear()
+            self.state.download_tokens.clear()
+        self.clear_faults()
+        with self._log_lock:
+            self._requests.clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the emulator in the foreground until interrupted."""
+    parser = argparse.ArgumentParser(description="Emulate the Browser Use Cloud API v2 on loopback.")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
+    parser.add_argument("--port", type=int, default=8790)
+    parser.add_argument("--api-key", required=True, help="the API key clients must send")
+    parser.add_argument("--scenario", help="a scenario JSON file (see airflow_provider_browseruse.testing.scenario)")
+    parser.add_argument("--task-duration", type=float, help="seconds an unscripted task runs")
+    parser.add_argument("--max-concurrent-sessions", type=int, help="the account's concurrent-session cap")
+    args = parser.parse_args(argv)
+    scenario = Scenario.from_file(args.scenario) if args.scenario else Scenario()
+    if args.task_duration is not None:
+        scenario.default = scenario.default.model_copy(update={"duration": args.task_duration})
+    emulator = BrowserUseEmulator(
+        args.api_key,
+        host=args.host,
+        port=args.port,
+        scenario=scenario,
+        max_concurrent_sessions=args.max_concurrent_sessions,
+    )
+    import uvicorn
+
+    config = emulator._config()
+    config.host, config.port = args.host, args.port
+    print(f"Browser Use emulator listening on {emulator.base_url}", flush=True)
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -38,5 +38,6 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         ],
+        "extra-links": ["airflow_provider_browseruse.links.browser_use.BrowserUseSessionLink"],
         "hook-class-names": ["airflow_provider_browseruse.hooks.browser_use.BrowserUseHook"],
     }

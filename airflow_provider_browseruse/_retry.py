@@ -10,7 +10,6 @@ Other 4xx answers are final: resending the same request cannot change them.
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,7 +75,7 @@ class RetryPolicy:
         *,
         resend_safe: bool,
         sleep: Callable[[float], Any],
-        log: logging.Logger | None = None,
+        log: Any = None,
     ) -> dict[str, Any]:
         """Keyword arguments for ``tenacity.Retrying`` or ``tenacity.AsyncRetrying``."""
 
@@ -96,12 +95,9 @@ class RetryPolicy:
             )
 
         return {
-            "stop": tenacity.stop_after_attempt(self.max_attempts)
-            | tenacity.stop_before_delay(self.max_total),
+            "stop": tenacity.stop_after_attempt(self.max_attempts) | tenacity.stop_before_delay(self.max_total),
             "wait": wait,
-            "retry": tenacity.retry_if_exception(
-                lambda error: self.is_retryable(error, resend_safe=resend_safe)
-            ),
+            "retry": tenacity.retry_if_exception(lambda error: self.is_retryable(error, resend_safe=resend_safe)),
             "sleep": sleep,
             "before_sleep": before_sleep,
             "reraise": True,

@@ -6,6 +6,7 @@ client, the operators and the sensors read it in one place.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
@@ -81,8 +82,7 @@ def require_uuid(value: Any, parameter: str) -> str:
         except ValueError:
             pass
     raise ValueError(
-        f"{parameter} must be a Browser Use id (a UUID such as "
-        f"'3c90c3cc-0d44-4b50-8888-8dd25736052a'), got {value!r}"
+        f"{parameter} must be a Browser Use id (a UUID such as '3c90c3cc-0d44-4b50-8888-8dd25736052a'), got {value!r}"
     )
 
 
@@ -118,9 +118,7 @@ def without_access_urls(view: Mapping[str, Any]) -> dict[str, Any]:
 
 def task_outputs(session_view: Mapping[str, Any]) -> list[dict[str, Any]]:
     """For each task of a session, in order: its id, status, output, success claims and cost."""
-    return [
-        {field: task.get(field) for field in TASK_OUTPUT_FIELDS} for task in session_view.get("tasks") or []
-    ]
+    return [{field: task.get(field) for field in TASK_OUTPUT_FIELDS} for task in session_view.get("tasks") or []]
 
 
 def to_decimal(value: Any) -> Decimal:
@@ -153,9 +151,7 @@ def error_detail(body: Any) -> str:
         if "message" in detail:
             return str(detail["message"])
     if isinstance(detail, list) and detail:
-        return "; ".join(
-            _validation_error_text(item) if isinstance(item, Mapping) else str(item) for item in detail
-        )
+        return "; ".join(_validation_error_text(item) if isinstance(item, Mapping) else str(item) for item in detail)
     return "" if detail is None else str(detail)
 
 
@@ -164,3 +160,120 @@ def _validation_error_text(error: Mapping[str, Any]) -> str:
     field = ".".join(location)
     message = str(error.get("msg", "invalid value"))
     return f"{field}: {message}" if field else message
+
+
+# --- tasks: success rules, outputs, tags -------------------------------------------------------
+
+
+class SuccessPolicy(str, Enum):
+    """When a ``finished`` task counts as a success (``failed`` and ``stopped`` never do).
+
+    ``agent``: the agent's own ``isSuccess`` must not be false (the default).
+    ``judge``: the judge's ``judgeVerdict`` must be true (run the task with ``judge=True``).
+    ``lenient``: ``finished`` is enough.
+    """
+
+    AGENT = "agent"
+    JUDGE = "judge"
+    LENIENT = "lenient"
+
+
+def task_failure(view: Mapping[str, Any], policy: SuccessPolicy) -> str | None:
+    """Why an ended task does not count as a success under ``policy``, or None when it does."""
+    status = task_status(view)
+    what = f"Browser Use task {view.get('id')} {view.get('status')}"
+    if status in TASK_FAILED_STATUSES:
+        reason = what
+    elif status is not TaskStatus.FINISHED:
+        return f"{what}: not an ended status"
+    elif policy is SuccessPolicy.AGENT and view.get("isSuccess") is False:
+        reason = f"{what} but the agent reports it did not succeed (isSuccess false)"
+    elif policy is SuccessPolicy.JUDGE and view.get("judgeVerdict") is not True:
+        reason = f"{what} but the judge's verdict is {view.get('judgeVerdict')!r}, not true"
+    else:
+        return None
+    details = [f"output: {view.get('output')!r}"]
+    if view.get("judgement"):
+        details.append(f"judgement: {view.get('judgement')}")
+    return f"{reason}; " + "; ".join(details)
+
+
+def task_without_steps(view: Mapping[str, Any]) -> dict[str, Any]:
+    """The final task for XCom: everything but the (long) step list."""
+    return {key: value for key, value in view.items() if key != "steps"}
+
+
+def parse_output(output: str | None, schema: Mapping[str, Any] | None) -> Any:
+    """The task's output: the text, or with a structured-output schema the parsed, checked JSON.
+
+    :raises ValueError: the output is not JSON, or does not match the schema.
+    """
+    if schema is None:
+        return output
+    if output is None:
+        raise ValueError("the task has no output, but a structured_output schema was given")
+    try:
+        value = json.loads(output)
+    except ValueError as error:
+        raise ValueError(f"the task's output is not valid JSON ({error}): {output[:200]!r}") from error
+    import jsonschema  # only on the execution path: DAG parsing never needs it
+
+    try:
+        jsonschema.validate(value, dict(schema))
+    except jsonschema.ValidationError as error:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top level"
+        raise ValueError(
+            f"the task's output does not match the structured_output schema at {where}: {error.message}"
+        ) from error
+    return value
+
+
+def check_json_schema(schema: Mapping[str, Any], parameter: str) -> None:
+    """Raise ValueError naming ``parameter`` when ``schema`` is not a valid JSON Schema."""
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as error:
+        raise ValueError(f"{parameter} is not a valid JSON Schema: {error.message}") from error
+
+
+#: Metadata keys with which the provider tags the tasks it starts, to find them again.
+TAG_DAG_ID, TAG_RUN_ID, TAG_TASK_ID, TAG_MAP_INDEX, TAG_TRY = (
+    "airflow_dag_id",
+    "airflow_run_id",
+    "airflow_task_id",
+    "airflow_map_index",
+    "airflow_try",
+)
+MAX_METADATA_PAIRS = 10
+
+
+def is_tagged_for(task: Mapping[str, Any], tags: Mapping[str, str]) -> bool:
+    """Whether a listed task carries the same Airflow task-instance tags (any try)."""
+    metadata = task.get("metadata") or {}
+    return all(metadata.get(key) == tags[key] for key in (TAG_DAG_ID, TAG_RUN_ID, TAG_TASK_ID, TAG_MAP_INDEX))
+
+
+def session_ui_url(ui_base_url: str, session_id: str) -> str:
+    """The session's page in the Browser Use web app (login required; grants no access)."""
+    return f"{ui_base_url.rstrip('/')}/sessions/{session_id}"
+
+
+def output_file_path(task_id: str, file_id: str) -> str:
+    return f"/files/tasks/{task_id}/output-files/{file_id}"
+
+
+def camel_case(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def request_body(fields: Mapping[str, Any], extra_fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A request body from snake_case parameters (None left out) plus wire-named extra fields.
+
+    ``extra_fields`` passes fields this version does not know straight through, and wins.
+    """
+    body = {camel_case(name): value for name, value in fields.items() if value is not None}
+    body.update(extra_fields or {})
+    return body

@@ -23,6 +23,8 @@ class BrowserUseAPIError(AirflowException):
     :ivar retry_after: seconds from the ``Retry-After`` header, when the API sent an integer one.
     """
 
+    status_code: int | None  # type: ignore[assignment]  # the API's status, not Airflow's own
+
     def __init__(
         self,
         message: str,

@@ -7,14 +7,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import requests
 import tenacity
+from airflow.sdk import BaseHook
 from urllib3.exceptions import NewConnectionError
 
-from airflow.sdk import BaseHook
 from airflow_provider_browseruse import CONNECTION_UI_FIELD_BEHAVIOUR, __version__, _wire
 from airflow_provider_browseruse._compat import AirflowException
 from airflow_provider_browseruse._retry import RetryPolicy
@@ -227,9 +227,7 @@ class BrowserUseHook(BaseHook):
         )
         return retrying(self._send_once, call, method, path, json, params)
 
-    def _send_once(
-        self, call: str, method: str, path: str, json: Any, params: Mapping[str, Any] | None
-    ) -> Any:
+    def _send_once(self, call: str, method: str, path: str, json: Any, params: Mapping[str, Any] | None) -> Any:
         conn_id = self.browser_use_conn_id
         try:
             response = self.http.request(
@@ -294,7 +292,9 @@ class BrowserUseHook(BaseHook):
         Note the API's default ``keepAlive`` is true: such a session bills until stopped.
         Never resent after an ambiguous failure (it may have started a browser).
         """
-        return self._call_for_dict("create_session", "POST", _wire.SESSIONS_PATH, json=dict(body or {}), resend_safe=False)
+        return self._call_for_dict(
+            "create_session", "POST", _wire.SESSIONS_PATH, json=dict(body or {}), resend_safe=False
+        )
 
     def get_session(self, session_id: str) -> dict[str, Any]:
         """The session (SessionView) with its tasks."""
@@ -305,7 +305,10 @@ class BrowserUseHook(BaseHook):
         """Stop the session and its running tasks (``PATCH {"action": "stop"}``); SessionView."""
         session_id = _wire.require_uuid(session_id, "session_id")
         return self._call_for_dict(
-            f"stop_session({session_id})", "PATCH", _wire.session_path(session_id), json=_wire.STOP_SESSION_BODY
+            f"stop_session({session_id})",
+            "PATCH",
+            _wire.session_path(session_id),
+            json=_wire.STOP_SESSION_BODY,
         )
 
     def list_sessions(self, status: str | _wire.SessionStatus | None = None) -> list[dict[str, Any]]:
@@ -356,6 +359,49 @@ class BrowserUseHook(BaseHook):
         task_id = _wire.require_uuid(task_id, "browser_use_task_id")
         body = _wire.STOP_TASK_AND_SESSION_BODY if stop_session else _wire.STOP_TASK_BODY
         return self._call_for_dict(f"stop_task({task_id})", "PATCH", _wire.task_path(task_id), json=body)
+
+    def get_output_file(self, task_id: str, file_id: str) -> dict[str, Any]:
+        """An output file's name and presigned ``downloadUrl`` (short-lived; grants access)."""
+        task_id = _wire.require_uuid(task_id, "browser_use_task_id")
+        file_id = _wire.require_uuid(file_id, "file_id")
+        return self._call_for_dict(f"get_output_file({task_id})", "GET", _wire.output_file_path(task_id, file_id))
+
+    def download(self, url: str, destination: BinaryIO, *, call: str = "download") -> int:
+        """Stream a presigned URL into ``destination``; returns the bytes written.
+
+        The API key is not sent: a presigned URL carries its own grant, often to another host.
+        """
+
+        def attempt() -> int:
+            destination.seek(0)
+            destination.truncate()
+            try:
+                with requests.get(url, stream=True, timeout=self.timeout, headers={"User-Agent": USER_AGENT}) as answer:
+                    if answer.status_code >= 400:
+                        raise api_error(
+                            call,
+                            self.browser_use_conn_id,
+                            status_code=answer.status_code,
+                            body=answer.text[:200],
+                        )
+                    written = 0
+                    for chunk in answer.iter_content(chunk_size=1 << 16):
+                        destination.write(chunk)
+                        written += len(chunk)
+                    return written
+            except requests.RequestException as error:  # the URL is in the message: keep it out
+                raise api_error(
+                    call, self.browser_use_conn_id, kind="interrupted", reason=type(error).__name__
+                ) from None
+
+        retrying = tenacity.Retrying(
+            **self.retry_policy.tenacity_arguments(resend_safe=True, sleep=self._sleep, log=self.log)
+        )
+        return retrying(attempt)
+
+    def session_ui_url(self, session_id: str) -> str:
+        """The session's page in the Browser Use web app (from the connection's ``ui_base_url``)."""
+        return _wire.session_ui_url(self.settings.ui_base_url, _wire.require_uuid(session_id, "session_id"))
 
     def list_tasks(
         self, *, session_id: str | None = None, status: str | _wire.TaskStatus | None = None

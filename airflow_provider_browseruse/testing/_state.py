@@ -202,8 +202,7 @@ class EmulatorState:
         with self.lock:
             now = self.clock()
             views = [
-                self.session_item_view(s)
-                for s in sorted(self.sessions.values(), key=lambda s: s.created, reverse=True)
+                self.session_item_view(s) for s in sorted(self.sessions.values(), key=lambda s: s.created, reverse=True)
             ]
             _ = now
             return [v for v in views if status is None or v["status"] == status]
@@ -319,7 +318,13 @@ class EmulatorState:
         except (ValueError, jsonschema.SchemaError) as error:
             raise ApiError(
                 422,
-                [{"loc": ["body", "structuredOutput"], "msg": f"Invalid JSON schema: {error}", "type": "value_error"}],
+                [
+                    {
+                        "loc": ["body", "structuredOutput"],
+                        "msg": f"Invalid JSON schema: {error}",
+                        "type": "value_error",
+                    }
+                ],
             ) from error
         return schema if isinstance(schema, dict) else None
 
@@ -427,9 +432,7 @@ class EmulatorState:
             for n in range(1, done_steps + 1)
         ]
         files_ready = view["status"] == "finished"
-        view["outputFiles"] = (
-            [{"id": f, "fileName": self.files[f][1]} for f in task.file_ids] if files_ready else []
-        )
+        view["outputFiles"] = [{"id": f, "fileName": self.files[f][1]} for f in task.file_ids] if files_ready else []
         return view
 
     def get_task(self, task_id: str) -> dict[str, Any]:

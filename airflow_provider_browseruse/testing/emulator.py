@@ -347,7 +347,12 @@ def build_app(emulator: BrowserUseEmulator) -> FastAPI:
 
 def _page(items: list[dict[str, Any]], size: int, number: int) -> dict[str, Any]:
     start = (number - 1) * size
-    return {"items": items[start : start + size], "totalItems": len(items), "pageNumber": number, "pageSize": size}
+    return {
+        "items": items[start : start + size],
+        "totalItems": len(items),
+        "pageNumber": number,
+        "pageSize": size,
+    }
 
 
 class _Front:
@@ -405,7 +410,11 @@ class _Front:
 
 
 async def _send_raw(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None, length: int | None = None
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    length: int | None = None,
 ) -> None:
     all_headers = [
         (b"content-type", b"application/json"),
@@ -472,7 +481,10 @@ class BrowserUseEmulator:
         self.host = host
         self.port = port
         self.state = EmulatorState(
-            api_key, scenario=scenario, max_concurrent_sessions=max_concurrent_sessions, retry_after=retry_after
+            api_key,
+            scenario=scenario,
+            max_concurrent_sessions=max_concurrent_sessions,
+            retry_after=retry_after,
         )
         self._faults: list[Fault] = []
         self._remaining: list[int] = []
@@ -489,7 +501,12 @@ class BrowserUseEmulator:
 
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
         return uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30, backlog=4096
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+            backlog=4096,
         )
 
     def start(self, timeout: float = 10.0) -> BrowserUseEmulator:

@@ -1,0 +1,136 @@
+"""Sensors for the Browser Use Cloud API: one status read per poke."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+
+from airflow_provider_browseruse import _wire
+from airflow_provider_browseruse._compat import AirflowFailException
+from airflow_provider_browseruse.links.browser_use import SESSION_URL_KEY, BrowserUseSessionLink
+from airflow_provider_browseruse.operators.browser_use import (
+    TASK_ID_KEY,
+    check_id_if_known,
+    finish_task,
+    publish_session,
+    require_id,
+    schema_of,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+
+
+class SessionStoppedSensor(BaseSensorOperator):
+    """Wait until a Browser Use session is ``stopped``.
+
+    Works in ``poke`` and ``reschedule`` mode. When done, returns the final session without its
+    access-granting URLs and pushes ``task_outputs``, exactly as :class:`StopSessionOperator`.
+    An unknown session fails at once (no further pokes).
+
+    :param session_id: the session to watch (templated).
+    :param browser_use_conn_id: the Airflow connection (type ``browser_use``).
+    """
+
+    template_fields: Sequence[str] = ("session_id",)
+    operator_extra_links = (BrowserUseSessionLink(),)
+
+    def __init__(self, *, session_id: str, browser_use_conn_id: str = "browser_use_default", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        check_id_if_known(session_id, "session_id")
+        self.session_id = session_id
+        self.browser_use_conn_id = browser_use_conn_id
+
+    @cached_property
+    def hook(self) -> BrowserUseHook:
+        from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+
+        return BrowserUseHook(self.browser_use_conn_id)
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        from airflow_provider_browseruse.exceptions import BrowserUseAPIError
+
+        session_id = require_id(self.session_id, "session_id")
+        context["ti"].xcom_push(key=SESSION_URL_KEY, value=self.hook.session_ui_url(session_id))
+        try:
+            view = self.hook.get_session(session_id)
+        except BrowserUseAPIError as error:
+            if error.is_not_found:
+                raise AirflowFailException(f"{error}. Is session_id right?") from error
+            raise
+        status = _wire.session_status(view)
+        if status is not _wire.SessionStatus.STOPPED:
+            self.log.info("Session %s is %s.", session_id, view.get("status"))
+            return PokeReturnValue(is_done=False)
+        return PokeReturnValue(is_done=True, xcom_value=publish_session(context, view, self.log))
+
+
+class TaskCompletedSensor(BaseSensorOperator):
+    """Wait until a Browser Use task has ended, and judge it as :class:`RunTaskOperator` does.
+
+    Done when the task is ``finished`` and passes ``success_policy``; fails on ``failed`` or
+    ``stopped`` (or a finished task the policy rejects), and at once on an unknown task. Pushes
+    ``task_id``, ``session_id`` and ``task`` and returns the output, like RunTaskOperator.
+
+    :param browser_use_task_id: the Browser Use task to watch (templated).
+    :param success_policy: ``agent`` (default), ``judge`` or ``lenient``.
+    :param structured_output: the task's JSON Schema dict or pydantic model, to parse the output.
+    :param output_files_path: where to save the task's output files (templated).
+    """
+
+    template_fields: Sequence[str] = ("browser_use_task_id", "output_files_path")
+    operator_extra_links = (BrowserUseSessionLink(),)
+
+    def __init__(
+        self,
+        *,
+        browser_use_task_id: str,
+        browser_use_conn_id: str = "browser_use_default",
+        success_policy: str | _wire.SuccessPolicy = _wire.SuccessPolicy.AGENT,
+        structured_output: Any = None,
+        output_files_path: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        check_id_if_known(browser_use_task_id, "browser_use_task_id")
+        schema_of(structured_output)
+        self.browser_use_task_id = browser_use_task_id
+        self.browser_use_conn_id = browser_use_conn_id
+        self.success_policy = _wire.SuccessPolicy(success_policy)
+        self.structured_output = structured_output
+        self.output_files_path = output_files_path
+
+    @cached_property
+    def hook(self) -> BrowserUseHook:
+        from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+
+        return BrowserUseHook(self.browser_use_conn_id)
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        from airflow_provider_browseruse.exceptions import BrowserUseAPIError
+
+        task_id = require_id(self.browser_use_task_id, "browser_use_task_id")
+        try:
+            view = self.hook.get_task_status(task_id)
+        except BrowserUseAPIError as error:
+            if error.is_not_found:
+                raise AirflowFailException(f"{error}. Is browser_use_task_id right?") from error
+            raise
+        if _wire.task_status(view) not in _wire.TASK_TERMINAL_STATUSES:
+            self.log.info("Task %s is %s.", task_id, view.get("status"))
+            return PokeReturnValue(is_done=False)
+        context["ti"].xcom_push(key=TASK_ID_KEY, value=task_id)
+        output, _ = finish_task(
+            self,  # type: ignore[arg-type]
+            context,
+            task_id,
+            success_policy=self.success_policy,
+            structured_output=self.structured_output,
+            output_files_path=self.output_files_path,
+        )
+        return PokeReturnValue(is_done=True, xcom_value=output)

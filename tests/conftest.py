@@ -1,0 +1,56 @@
+"""Test set-up: an isolated AIRFLOW_HOME before Airflow is imported, and the shared fixtures."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_HOME = tempfile.mkdtemp(prefix="browser-use-airflow-home-")
+os.environ["AIRFLOW_HOME"] = _HOME
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "example_dags")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ.pop("BROWSER_USE_API_KEY", None)
+
+from airflow_provider_browseruse.testing import BrowserUseEmulator  # noqa: E402
+
+pytest_plugins = ["airflow_provider_browseruse.testing.pytest_plugin"]
+
+MOCK_BASE_URL = "https://api.browser-use.test/api/v2"
+MOCK_API_KEY = "bu_unit_test_key_0123456789"
+
+
+@pytest.fixture
+def mock_conn(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The default connection pointed at a URL that only requests-mock answers."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_BROWSER_USE_DEFAULT",
+        f'{{"conn_type": "browser_use", "host": "{MOCK_BASE_URL}", "password": "{MOCK_API_KEY}"}}',
+    )
+    return MOCK_BASE_URL
+
+
+@pytest.fixture
+def captured_logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Callable[[], str]:
+    """Everything logged so far: Airflow's structlog writes to the console, stdlib to caplog."""
+    caplog.set_level("DEBUG")
+    seen: list[str] = []
+
+    def read() -> str:
+        out, err = capfd.readouterr()
+        seen.append(out + err)
+        return "".join(seen) + caplog.text
+
+    return read
+
+
+@pytest.fixture
+def emulator(browser_use_emulator: BrowserUseEmulator) -> Iterator[BrowserUseEmulator]:
+    """The plugin's emulator (fresh state, default connection set) under a shorter name."""
+    yield browser_use_emulator

@@ -26,9 +26,7 @@ with DAG(
         task="Find the opening hours of the Louvre on its official site.",
         wait_for_completion=False,
     )
-    done = TaskCompletedSensor(
-        task_id="wait_for_task", browser_use_task_id=start.output, poke_interval=1, timeout=600
-    )
+    done = TaskCompletedSensor(task_id="wait_for_task", browser_use_task_id=start.output, poke_interval=1, timeout=600)
     closed = SessionStoppedSensor(
         task_id="wait_for_session",
         session_id="{{ ti.xcom_pull(task_ids='start_task', key='session_id') }}",

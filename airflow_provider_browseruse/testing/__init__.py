@@ -3,7 +3,21 @@
 Nothing here is imported by the hooks, operators or sensors.
 """
 
-from airflow_provider_browseruse.testing.emulator import BrowserUseEmulator, Fault, RequestRecord
-from airflow_provider_browseruse.testing.scenario import OutputFile, Scenario, TaskScript
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["BrowserUseEmulator", "Fault", "OutputFile", "RequestRecord", "Scenario", "TaskScript"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `python -m airflow_provider_browseruse.testing.emulator` imports it only once.
+    if name in ("BrowserUseEmulator", "Fault", "RequestRecord"):
+        from airflow_provider_browseruse.testing import emulator
+
+        return getattr(emulator, name)
+    if name in ("OutputFile", "Scenario", "TaskScript"):
+        from airflow_provider_browseruse.testing import scenario
+
+        return getattr(scenario, name)
+    raise AttributeError(name)

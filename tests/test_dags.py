@@ -1,0 +1,99 @@
+"""The example DAGs, run whole with dag.test() on SQLite against the emulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.dag
+
+BOOKS = {"books": [{"title": "Sapiens", "price_gbp": 54.23}, {"title": "Dune", "price_gbp": 12.5}]}
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> Iterator[Any]:
+    from airflow.models import DagBag
+    from airflow.utils.db import resetdb
+
+    try:  # Airflow 3.2+
+        from airflow.dag_processing.dagbag import sync_bag_to_db
+    except ImportError:  # Airflow 3.1
+        from airflow.models.dagbag import sync_bag_to_db  # type: ignore[no-redef]
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+
+    resetdb()
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(dag_folder=str(ROOT / "example_dags"))
+    assert bag.import_errors == {}
+    sync_bag_to_db(bag, "dags-folder", None)  # 3.1 runs only serialized DAGs
+    yield bag
+
+
+def run_dag(
+    dagbag: Any, dag_id: str, conf: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, str], dict[tuple[str, str], Any]]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dag_run = dagbag.get_dag(dag_id).test(run_conf=conf)
+    states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+    with create_session() as session:
+        rows = session.query(XComModel).filter(XComModel.run_id == dag_run.run_id, XComModel.dag_id == dag_id).all()
+        xcom = {(row.task_id, row.key): XComModel.deserialize_value(row) for row in rows}
+    return dag_run, states, xcom
+
+
+def test_scrape_pipeline(dagbag: Any, emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("books.toscrape.com", output_json=BOOKS, duration=0.3, cost="0.12")
+    dag_run, states, xcom = run_dag(dagbag, "browser_use_scrape")
+    assert str(dag_run.state) == "success"
+    assert set(states.values()) == {"success"}
+    session_id = xcom[("create_session", "return_value")]
+    assert xcom[("scrape_books", "session_id")] == session_id
+    assert xcom[("scrape_books", "return_value")] == BOOKS
+    assert xcom[("cheapest_book", "return_value")] == {"title": "Dune", "price_gbp": 12.5}
+    assert xcom[("stop_session", "return_value")]["status"] == "stopped"
+    assert "liveUrl" not in xcom[("stop_session", "return_value")]
+    assert [o["cost"] for o in xcom[("stop_session", "task_outputs")]] == ["0.1200"]
+    assert (
+        xcom[("scrape_books", "_link_BrowserUseSessionLink")] == f"https://cloud.browser-use.com/sessions/{session_id}"
+    )
+    assert emulator.active_session_count() == 0
+
+
+def test_teardown_stops_the_session_when_upstream_fails(dagbag: Any, emulator: BrowserUseEmulator) -> None:
+    dag_run, states, xcom = run_dag(dagbag, "browser_use_teardown", {"fail_work": True})
+    assert str(dag_run.state) == "failed"  # the run still reports the upstream failure
+    assert states == {"create_session": "success", "visit": "success", "work": "failed", "stop_session": "success"}
+    assert xcom[("stop_session", "return_value")]["status"] == "stopped"
+    assert emulator.count("PATCH", f"/sessions/{xcom[('create_session', 'return_value')]}") == 1
+    assert emulator.active_session_count() == 0
+
+
+def test_teardown_runs_when_the_agent_task_fails(dagbag: Any, emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add(
+        "example.com", status="failed", output="blocked by a captcha", duration=0.1
+    )
+    dag_run, states, _ = run_dag(dagbag, "browser_use_teardown")
+    assert str(dag_run.state) == "failed"
+    assert states["visit"] == "failed"
+    assert states["work"] == "upstream_failed"
+    assert states["stop_session"] == "success"
+    assert emulator.active_session_count() == 0
+
+
+def test_one_off_task_with_sensors(dagbag: Any, emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("Louvre", output="9:00 to 18:00", duration=0.5)
+    dag_run, states, xcom = run_dag(dagbag, "browser_use_one_off")
+    assert str(dag_run.state) == "success", states
+    task_id = xcom[("start_task", "return_value")]
+    assert xcom[("wait_for_task", "return_value")] == "9:00 to 18:00"
+    assert xcom[("wait_for_session", "task_outputs")][0]["id"] == task_id
+    assert xcom[("report", "return_value")] == 1
+    assert emulator.count("POST", "/tasks") == 1
+    assert emulator.active_session_count() == 0

@@ -477,7 +477,10 @@ def test_session_link_reads_the_pushed_url(monkeypatch: pytest.MonkeyPatch) -> N
 def test_execution_timeout_during_the_wait_stops_the_remote_task(
     emulator: BrowserUseEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from airflow.sdk.exceptions import AirflowTaskTimeout
+    try:
+        from airflow.sdk.exceptions import AirflowTaskTimeout
+    except ImportError:  # Airflow 3.1
+        from airflow.exceptions import AirflowTaskTimeout  # type: ignore[no-redef]
 
     emulator.state.scenario = Scenario().add("forever", duration=60)
     sleeps: list[float] = []

@@ -15,22 +15,27 @@ pytestmark = pytest.mark.dag
 BOOKS = {"books": [{"title": "Sapiens", "price_gbp": 54.23}, {"title": "Dune", "price_gbp": 12.5}]}
 
 
-@pytest.fixture(scope="module")
-def dagbag() -> Iterator[Any]:
-    from airflow.models import DagBag
-    from airflow.utils.db import resetdb
-
+def serialize(bag: Any) -> None:
+    """dag.test() runs only DAGs serialized to the metadata db."""
     try:  # Airflow 3.2+
         from airflow.dag_processing.dagbag import sync_bag_to_db
     except ImportError:  # Airflow 3.1
         from airflow.models.dagbag import sync_bag_to_db  # type: ignore[no-redef]
+
+    sync_bag_to_db(bag, "dags-folder", None)
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> Iterator[Any]:
     from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.models import DagBag
+    from airflow.utils.db import resetdb
 
     resetdb()
     DagBundlesManager().sync_bundles_to_db()
     bag = DagBag(dag_folder=str(ROOT / "example_dags"))
     assert bag.import_errors == {}
-    sync_bag_to_db(bag, "dags-folder", None)  # 3.1 runs only serialized DAGs
+    serialize(bag)
     yield bag
 
 
@@ -97,3 +102,56 @@ def test_one_off_task_with_sensors(dagbag: Any, emulator: BrowserUseEmulator) ->
     assert xcom[("report", "return_value")] == 1
     assert emulator.count("POST", "/tasks") == 1
     assert emulator.active_session_count() == 0
+
+
+# --- every RunTaskOperator path, as a DAG run --------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+@pytest.mark.parametrize(
+    ("script", "kwargs", "expected_state", "expected_output"),
+    [
+        pytest.param({"output": "fine"}, {}, "success", "fine", id="success"),
+        pytest.param({"status": "failed"}, {}, "failed", None, id="failed"),
+        pytest.param({"status": "stopped"}, {"success_policy": "lenient"}, "failed", None, id="stopped"),
+        pytest.param({"is_success": False}, {}, "failed", None, id="agent-says-no"),
+        pytest.param(
+            {"is_success": False, "output": "meh"}, {"success_policy": "lenient"}, "success", "meh", id="lenient"
+        ),
+        pytest.param(
+            {"judge_verdict": False}, {"success_policy": "judge", "judge": True}, "failed", None, id="judge-no"
+        ),
+        pytest.param(
+            {"judge_verdict": True, "output": "ok"},
+            {"success_policy": "judge", "judge": True},
+            "success",
+            "ok",
+            id="judge-yes",
+        ),
+        pytest.param({"output_json": {"n": 3}}, {"structured_output": SCHEMA}, "success", {"n": 3}, id="structured"),
+        pytest.param({"output": '{"n": "three"}'}, {"structured_output": SCHEMA}, "failed", None, id="structured-bad"),
+        pytest.param({"duration": 60}, {"timeout": 0.5}, "failed", None, id="timeout"),
+    ],
+)
+def test_run_task_paths_as_dag_runs(
+    dagbag: Any, emulator: BrowserUseEmulator, script: dict[str, Any], kwargs: dict[str, Any],
+    expected_state: str, expected_output: Any,
+) -> None:  # fmt: skip
+    from airflow.sdk import DAG
+
+    from airflow_provider_browseruse.operators.browser_use import RunTaskOperator
+
+    emulator.state.scenario = Scenario().add("agent job", **{"duration": 0.2, **script})
+    with DAG(dag_id="run_task_path", schedule=None, default_args={"retries": 0}) as dag:
+        RunTaskOperator(task_id="run", task="an agent job", poll_interval=0.1, **kwargs)
+    dagbag.bag_dag(dag)
+    serialize(dagbag)
+    dag_run, states, xcom = run_dag(dagbag, "run_task_path")
+    assert states == {"run": expected_state}
+    assert xcom.get(("run", "return_value")) == expected_output
+    task_id = xcom[("run", "task_id")]
+    final = emulator.state.get_task(task_id)["status"]
+    assert final == ("stopped" if "timeout" in kwargs else script.get("status", "finished"))
+    assert emulator.count("POST", "/tasks") == 1
+    assert emulator.active_session_count() == 0  # nothing left billing, whatever the path

@@ -148,6 +148,7 @@ def test_run_task_paths_as_dag_runs(
     dagbag.bag_dag(dag)
     serialize(dagbag)
     dag_run, states, xcom = run_dag(dagbag, "run_task_path")
+    assert str(dag_run.state) == ("success" if expected_state == "success" else "failed")
     assert states == {"run": expected_state}
     assert xcom.get(("run", "return_value")) == expected_output
     task_id = xcom[("run", "task_id")]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 try:  # Airflow 3.2+
-    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 except ImportError:  # Airflow 3.1
-    from airflow.exceptions import AirflowException, AirflowFailException  # type: ignore[no-redef]
+    from airflow.exceptions import (  # type: ignore[no-redef]
+        AirflowException,
+        AirflowFailException,
+        AirflowSensorTimeout,
+    )
 
-__all__ = ["AirflowException", "AirflowFailException"]
+__all__ = ["AirflowException", "AirflowFailException", "AirflowSensorTimeout"]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
+import httpx
 import requests
 import tenacity
 from airflow.sdk import BaseHook
@@ -132,6 +136,35 @@ def api_error(
     )
 
 
+def read_answer(
+    call: str,
+    conn_id: str,
+    status: int,
+    retry_after: str | None,
+    read_json: Callable[[], Any],
+    read_text: Callable[[], str],
+) -> Any:
+    """The JSON of an answer, or the error it stands for (shared by the sync and async hooks)."""
+    if status >= 400:
+        try:
+            body: Any = read_json()
+        except ValueError:
+            body = read_text()[:500]
+        raise api_error(call, conn_id, status_code=status, body=body, retry_after=retry_after_seconds(retry_after))
+    if status == 204:
+        return None
+    try:
+        return read_json()
+    except ValueError as error:
+        raise api_error(call, conn_id, status_code=status, kind="malformed") from error
+
+
+def require_dict(call: str, conn_id: str, answer: Any) -> dict[str, Any]:
+    if not isinstance(answer, dict):
+        raise api_error(call, conn_id, status_code=200, kind="malformed")
+    return answer
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """An integer ``Retry-After`` in seconds; dates and garbage are ignored."""
     if value and value.strip().isdigit():
@@ -243,31 +276,17 @@ class BrowserUseHook(BaseHook):
             raise api_error(call, conn_id, kind=kind, reason=type(error).__name__) from error
         except requests.RequestException as error:  # read timeout, broken chunked body
             raise api_error(call, conn_id, kind="interrupted", reason=type(error).__name__) from error
-        status = response.status_code
-        if status >= 400:
-            try:
-                body: Any = response.json()
-            except ValueError:
-                body = response.text[:500]
-            raise api_error(
-                call,
-                conn_id,
-                status_code=status,
-                body=body,
-                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-            )
-        if status == 204:
-            return None
-        try:
-            return response.json()
-        except ValueError as error:
-            raise api_error(call, conn_id, status_code=status, kind="malformed") from error
+        return read_answer(
+            call,
+            conn_id,
+            response.status_code,
+            response.headers.get("Retry-After"),
+            response.json,
+            lambda: response.text,
+        )
 
     def _call_for_dict(self, call: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        answer = self._call(call, method, path, **kwargs)
-        if not isinstance(answer, dict):
-            raise api_error(call, self.browser_use_conn_id, status_code=200, kind="malformed")
-        return answer
+        return require_dict(call, self.browser_use_conn_id, self._call(call, method, path, **kwargs))
 
     # --- account ----------------------------------------------------------------------------
 
@@ -413,3 +432,103 @@ class BrowserUseHook(BaseHook):
         if status is not None:
             params["filterBy"] = _wire.TaskStatus(status).value
         return self._list_all("list_tasks", _wire.TASKS_PATH, params)
+
+
+# --- async, for triggers -----------------------------------------------------------------------
+
+#: One HTTP connection pool per event loop, shared by every trigger of this provider that runs in
+#: it: a triggerer with a thousand deferred tasks keeps a bounded set of keep-alive connections.
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+ASYNC_POOL_SIZE = 64
+
+
+def shared_async_client() -> httpx.AsyncClient:
+    """The running event loop's client (created on first use)."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            limits=httpx.Limits(max_connections=ASYNC_POOL_SIZE, max_keepalive_connections=ASYNC_POOL_SIZE),
+        )
+        _async_clients[loop] = client
+    return client
+
+
+class BrowserUseAsyncHook:
+    """The calls triggers need, over the shared async client, under the same retry policy.
+
+    Methods return the API's JSON as dicts and raise
+    :class:`~airflow_provider_browseruse.exceptions.BrowserUseAPIError`, exactly as
+    :class:`BrowserUseHook`. The connection is read with Airflow's async connection API.
+    """
+
+    def __init__(
+        self,
+        browser_use_conn_id: str = BrowserUseHook.default_conn_name,
+        *,
+        timeout: float = 30.0,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self.browser_use_conn_id = browser_use_conn_id
+        self.timeout = timeout
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._settings: ApiSettings | None = None
+        self.log = logging.getLogger(__name__)
+
+    async def settings(self) -> ApiSettings:
+        if self._settings is None:
+            conn = await BaseHook.aget_connection(self.browser_use_conn_id)
+            self._settings = api_settings(conn, self.browser_use_conn_id)
+            BrowserUseHook._mask(self._settings.api_key)
+        return self._settings
+
+    async def _call(self, call: str, method: str, path: str, *, json: Any = None) -> dict[str, Any]:
+        retrying = tenacity.AsyncRetrying(
+            **self.retry_policy.tenacity_arguments(resend_safe=True, sleep=asyncio.sleep, log=self.log)
+        )
+        answer: Any = await retrying(self._send_once, call, method, path, json)
+        return require_dict(call, self.browser_use_conn_id, answer)
+
+    async def _send_once(self, call: str, method: str, path: str, json: Any) -> Any:
+        settings = await self.settings()
+        conn_id = self.browser_use_conn_id
+        try:
+            response = await shared_async_client().request(
+                method,
+                settings.base_url + path,
+                json=json,
+                headers={_wire.API_KEY_HEADER: settings.api_key},
+                timeout=self.timeout,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:  # never sent
+            raise api_error(call, conn_id, kind="unreachable", reason=type(error).__name__) from error
+        except httpx.TransportError as error:  # read timeout, dropped connection, broken answer
+            raise api_error(call, conn_id, kind="interrupted", reason=type(error).__name__) from error
+        return read_answer(
+            call,
+            conn_id,
+            response.status_code,
+            response.headers.get("Retry-After"),
+            response.json,
+            lambda: response.text,
+        )
+
+    async def get_session(self, session_id: str) -> dict[str, Any]:
+        session_id = _wire.require_uuid(session_id, "session_id")
+        return await self._call(f"get_session({session_id})", "GET", _wire.session_path(session_id))
+
+    async def stop_session(self, session_id: str) -> dict[str, Any]:
+        session_id = _wire.require_uuid(session_id, "session_id")
+        return await self._call(
+            f"stop_session({session_id})", "PATCH", _wire.session_path(session_id), json=_wire.STOP_SESSION_BODY
+        )
+
+    async def get_task_status(self, task_id: str) -> dict[str, Any]:
+        task_id = _wire.require_uuid(task_id, "browser_use_task_id")
+        return await self._call(f"get_task_status({task_id})", "GET", _wire.task_status_path(task_id))
+
+    async def stop_task(self, task_id: str, *, stop_session: bool = False) -> dict[str, Any]:
+        task_id = _wire.require_uuid(task_id, "browser_use_task_id")
+        body = _wire.STOP_TASK_AND_SESSION_BODY if stop_session else _wire.STOP_TASK_BODY
+        return await self._call(f"stop_task({task_id})", "PATCH", _wire.task_path(task_id), json=body)

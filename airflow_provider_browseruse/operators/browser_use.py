@@ -45,6 +45,26 @@ def require_id(value: Any, parameter: str) -> str:
         raise AirflowFailException(str(error)) from error
 
 
+def default_deferrable() -> bool:
+    """Airflow's ``[operators] default_deferrable``, the default of every ``deferrable=``."""
+    from airflow.configuration import conf
+
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+def wall_clock_deadline(operator: BaseOperator, context: Context, timeout: float) -> float:
+    """When a deferred wait must end (``time.time()``): the operator's own timeout, or its
+    ``execution_timeout`` from the start of this try if that comes first. Airflow does not
+    apply ``execution_timeout`` to a deferral, and its defer timeout skips ``execute_complete``,
+    so the trigger itself must fire a timeout event in time for the remote work to be stopped."""
+    deadline = time.time() + timeout
+    if operator.execution_timeout is not None:
+        started = getattr(context["ti"], "start_date", None)
+        begin = started.timestamp() if started is not None else time.time()
+        deadline = min(deadline, begin + operator.execution_timeout.total_seconds())
+    return deadline
+
+
 def publish_session(context: Context, view: dict[str, Any], log: Any) -> dict[str, Any]:
     """Push ``task_outputs`` to XCom, log the cost, and return the view fit for XCom."""
     outputs = _wire.task_outputs(view)
@@ -97,6 +117,8 @@ class StopSessionOperator(BrowserUseBaseOperator):
     :param missing_ok: treat an unknown (or already deleted) session as done instead of failing.
     :param poll_interval: seconds between status checks while the session is still stopping.
     :param timeout: seconds to wait for ``stopped`` before failing.
+    :param deferrable: wait in the triggerer, not in a worker slot (default: Airflow's
+        ``[operators] default_deferrable``).
     """
 
     template_fields: Sequence[str] = ("session_id",)
@@ -109,6 +131,7 @@ class StopSessionOperator(BrowserUseBaseOperator):
         missing_ok: bool = False,
         poll_interval: float = 2.0,
         timeout: float = 120.0,
+        deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -119,6 +142,7 @@ class StopSessionOperator(BrowserUseBaseOperator):
         self.missing_ok = missing_ok
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
 
     def execute(self, context: Context) -> dict[str, Any] | None:
         from airflow_provider_browseruse.exceptions import BrowserUseAPIError
@@ -137,9 +161,31 @@ class StopSessionOperator(BrowserUseBaseOperator):
             raise AirflowFailException(f"{error}. Is session_id right? Set missing_ok=True to allow this.") from error
         if _wire.session_status(view) is _wire.SessionStatus.STOPPED:
             self.log.info("Session %s is stopped (finished at %s).", session_id, view.get("finishedAt"))
+        elif self.deferrable:
+            from airflow_provider_browseruse.triggers.browser_use import SessionStatusTrigger
+
+            self.defer(
+                trigger=SessionStatusTrigger(
+                    session_id,
+                    browser_use_conn_id=self.browser_use_conn_id,
+                    poll_interval=self.poll_interval,
+                    end_time=wall_clock_deadline(self, context, self.timeout),
+                ),
+                method_name="execute_complete",
+            )
         else:
             view = self._wait_until_stopped(session_id)
         return publish_session(context, view, self.log)
+
+    def execute_complete(self, context: Context, event: Any) -> dict[str, Any]:
+        """Resume after the deferred wait for ``stopped``."""
+        from airflow_provider_browseruse.triggers.browser_use import session_event
+
+        session_id = require_id(self.session_id, "session_id")
+        event = session_event(event, session_id)
+        if event["event"] != "stopped":
+            raise AirflowException(f"Session {session_id} was asked to stop but did not: {event.get('message')}")
+        return publish_session(context, self.hook.get_session(session_id), self.log)
 
     def _wait_until_stopped(self, session_id: str) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
@@ -341,6 +387,11 @@ class RunTaskOperator(BrowserUseBaseOperator):
     :param stop_on_give_up: stop the remote task when giving up on it (default True).
     :param output_files_path: where to save the task's output files (an ObjectStoragePath or
         URL: local, s3://, gs://...; templated); their paths go to XCom under ``output_files``.
+    :param deferrable: wait in the triggerer, not in a worker slot (default: Airflow's
+        ``[operators] default_deferrable``). The status is checked once before deferring; a
+        user's kill of the deferred task stops the remote work on Airflow 3.3+ (the trigger's
+        ``on_kill``); the trigger's own deadline (``timeout`` or ``execution_timeout``) lets the
+        operator stop the remote task before failing.
     """
 
     template_fields: Sequence[str] = ("task", "session_id", "start_url", "metadata", "output_files_path")
@@ -370,6 +421,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
         timeout: float = 3600.0,
         stop_on_give_up: bool = True,
         output_files_path: Any = None,
+        deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -414,6 +466,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
         self.timeout = timeout
         self.stop_on_give_up = stop_on_give_up
         self.output_files_path = output_files_path
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self._remote: tuple[str, bool] | None = None  # (task id, whether its session is ours to stop)
 
     # --- building the request ----------------------------------------------------------------
@@ -478,11 +531,58 @@ class RunTaskOperator(BrowserUseBaseOperator):
         self.push_session(context, session_id)
         if not self.wait_for_completion:
             return task_id
+        if self.deferrable:
+            self._defer_unless_ended(context, task_id)
+        else:
+            try:
+                self._wait(task_id)
+            except BaseException:
+                self.give_up("the wait ended in an error")
+                raise
+        return self._finish(context, task_id)
+
+    def _defer_unless_ended(self, context: Context, task_id: str) -> None:
+        from airflow_provider_browseruse.triggers.browser_use import TaskStatusTrigger
+
         try:
-            self._wait(task_id)
+            ended = _wire.task_status(self.hook.get_task_status(task_id)) in _wire.TASK_TERMINAL_STATUSES
         except BaseException:
-            self.give_up("the wait ended in an error")
+            self.give_up("the status check before deferring failed")
             raise
+        if ended:
+            return
+        self.defer(
+            trigger=TaskStatusTrigger(
+                task_id,
+                browser_use_conn_id=self.browser_use_conn_id,
+                poll_interval=self.poll_interval,
+                end_time=wall_clock_deadline(self, context, self.timeout),
+                stop_on_kill=self.stop_on_give_up,
+                stop_session_on_kill=not self.session_id,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: Any) -> Any:
+        """Resume after the deferred wait: finish, or stop the remote task and fail."""
+        from airflow_provider_browseruse.triggers.browser_use import task_event
+
+        expected = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key=TASK_ID_KEY)
+        event = task_event(event, expected)
+        task_id = event["browser_use_task_id"]
+        self._remote = (task_id, not self.session_id)
+        if event["event"] == "timeout":
+            self.give_up("its deadline passed while deferred")
+            raise AirflowException(
+                f"Browser Use task {task_id} did not end within the timeout ({self.timeout} s or the "
+                "execution_timeout); it was stopped."
+            )
+        if event["event"] == "error":
+            self.give_up("waiting for it failed")
+            raise AirflowException(f"Waiting for Browser Use task {task_id} failed: {event.get('message')}")
+        return self._finish(context, task_id)
+
+    def _finish(self, context: Context, task_id: str) -> Any:
         self._remote = None
         output, _ = finish_task(
             self,

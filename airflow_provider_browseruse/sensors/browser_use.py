@@ -9,15 +9,17 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_browseruse import _wire
-from airflow_provider_browseruse._compat import AirflowFailException
+from airflow_provider_browseruse._compat import AirflowException, AirflowFailException, AirflowSensorTimeout
 from airflow_provider_browseruse.links.browser_use import SESSION_URL_KEY, BrowserUseSessionLink
 from airflow_provider_browseruse.operators.browser_use import (
     TASK_ID_KEY,
     check_id_if_known,
+    default_deferrable,
     finish_task,
     publish_session,
     require_id,
     schema_of,
+    wall_clock_deadline,
 )
 
 if TYPE_CHECKING:
@@ -35,16 +37,51 @@ class SessionStoppedSensor(BaseSensorOperator):
 
     :param session_id: the session to watch (templated).
     :param browser_use_conn_id: the Airflow connection (type ``browser_use``).
+    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``); the
+        status is checked once first, and ``poke_interval`` and ``timeout`` still apply.
     """
 
     template_fields: Sequence[str] = ("session_id",)
     operator_extra_links = (BrowserUseSessionLink(),)
 
-    def __init__(self, *, session_id: str, browser_use_conn_id: str = "browser_use_default", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        browser_use_conn_id: str = "browser_use_default",
+        deferrable: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         check_id_if_known(session_id, "session_id")
         self.session_id = session_id
         self.browser_use_conn_id = browser_use_conn_id
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        from airflow_provider_browseruse.triggers.browser_use import SessionStatusTrigger
+
+        checked = self.poke(context)
+        if checked.is_done:
+            return checked.xcom_value
+        self.defer(
+            trigger=SessionStatusTrigger(
+                require_id(self.session_id, "session_id"),
+                browser_use_conn_id=self.browser_use_conn_id,
+                poll_interval=float(self.poke_interval),
+                end_time=wall_clock_deadline(self, context, float(self.timeout)),
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: Any) -> Any:
+        """Resume after the deferred wait: read the stopped session once and publish it."""
+        from airflow_provider_browseruse.triggers.browser_use import session_event
+
+        event = session_event(event, require_id(self.session_id, "session_id"))
+        return _resume(self, context, event, "stopped")
 
     @cached_property
     def hook(self) -> BrowserUseHook:
@@ -81,6 +118,7 @@ class TaskCompletedSensor(BaseSensorOperator):
     :param success_policy: ``agent`` (default), ``judge`` or ``lenient``.
     :param structured_output: the task's JSON Schema dict or pydantic model, to parse the output.
     :param output_files_path: where to save the task's output files (templated).
+    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     """
 
     template_fields: Sequence[str] = ("browser_use_task_id", "output_files_path")
@@ -94,6 +132,7 @@ class TaskCompletedSensor(BaseSensorOperator):
         success_policy: str | _wire.SuccessPolicy = _wire.SuccessPolicy.AGENT,
         structured_output: Any = None,
         output_files_path: Any = None,
+        deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -104,6 +143,32 @@ class TaskCompletedSensor(BaseSensorOperator):
         self.success_policy = _wire.SuccessPolicy(success_policy)
         self.structured_output = structured_output
         self.output_files_path = output_files_path
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        from airflow_provider_browseruse.triggers.browser_use import TaskStatusTrigger
+
+        checked = self.poke(context)
+        if checked.is_done:
+            return checked.xcom_value
+        self.defer(
+            trigger=TaskStatusTrigger(
+                require_id(self.browser_use_task_id, "browser_use_task_id"),
+                browser_use_conn_id=self.browser_use_conn_id,
+                poll_interval=float(self.poke_interval),
+                end_time=wall_clock_deadline(self, context, float(self.timeout)),
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: Any) -> Any:
+        """Resume after the deferred wait: judge the ended task once, as a poke would."""
+        from airflow_provider_browseruse.triggers.browser_use import task_event
+
+        event = task_event(event, require_id(self.browser_use_task_id, "browser_use_task_id"))
+        return _resume(self, context, event, "ended")
 
     @cached_property
     def hook(self) -> BrowserUseHook:
@@ -134,3 +199,17 @@ class TaskCompletedSensor(BaseSensorOperator):
             output_files_path=self.output_files_path,
         )
         return PokeReturnValue(is_done=True, xcom_value=output)
+
+
+def _resume(sensor: Any, context: Context, event: dict[str, Any], done: str) -> Any:
+    """Act on a validated trigger event: one last poke on success, a clear failure otherwise."""
+    if event["event"] == "timeout":
+        raise AirflowSensorTimeout(f"{sensor.task_id}: the wait timed out after {sensor.timeout} s")
+    if event["event"] == "error":
+        if event.get("status_code") == 404:
+            raise AirflowFailException(event.get("message"))
+        raise AirflowException(event.get("message"))
+    checked = sensor.poke(context)
+    if event["event"] != done or not checked.is_done:
+        raise AirflowException(f"The trigger reported {event!r} but the API does not agree")
+    return checked.xcom_value

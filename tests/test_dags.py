@@ -156,3 +156,20 @@ def test_run_task_paths_as_dag_runs(
     assert final == ("stopped" if "timeout" in kwargs else script.get("status", "finished"))
     assert emulator.count("POST", "/tasks") == 1
     assert emulator.active_session_count() == 0  # nothing left billing, whatever the path
+
+
+def test_deferrable_dag(dagbag: Any, emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = (
+        Scenario()
+        .add("news.ycombinator.com", output="Three sentences.", duration=3)
+        .add("Paris", output="Sunny", duration=3)
+    )
+    dag_run, states, xcom = run_dag(dagbag, "browser_use_deferrable")
+    assert str(dag_run.state) == "success", states
+    assert set(states.values()) == {"success"}
+    assert xcom[("summarise", "return_value")] == "Three sentences."
+    assert xcom[("wait_one_off", "return_value")] == "Sunny"
+    assert xcom[("wait_one_off_session", "return_value")]["status"] == "stopped"
+    assert emulator.count("POST", "/tasks") == 2
+    assert emulator.count("GET", r"/tasks/[^/]+") == 2  # one full fetch per task, after the deferred waits
+    assert emulator.active_session_count() == 0

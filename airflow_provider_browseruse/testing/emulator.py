@@ -163,6 +163,7 @@ class RequestRecord:
     status: int
     time: float  # wall clock when it arrived
     duration: float  # seconds to answer
+    client_port: int = 0  # the client's TCP port: distinct ports are distinct connections
 
 
 class EmulatedDrop(Exception):
@@ -384,7 +385,9 @@ class _Front:
             else:
                 await self.app(scope, receive, logged_send)
         finally:
-            self.emulator._log(RequestRecord(method, logged_path, status, arrived, time.perf_counter() - started))
+            client = scope.get("client") or ("", 0)
+            duration = time.perf_counter() - started
+            self.emulator._log(RequestRecord(method, logged_path, status, arrived, duration, int(client[1] or 0)))
 
     async def _api(self, scope: Scope, receive: Receive, send: Send, method: str, path: str) -> None:
         fault = self.emulator._take_fault(method, path)

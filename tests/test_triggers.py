@@ -1,0 +1,316 @@
+"""Triggers and deferral, against the emulator: events, retries, deadlines, kill, the shared pool."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from airflow_provider_browseruse._compat import AirflowException, AirflowFailException
+from airflow_provider_browseruse._retry import RetryPolicy
+from airflow_provider_browseruse.hooks import browser_use as hooks
+from airflow_provider_browseruse.operators.browser_use import RunTaskOperator, StopSessionOperator
+from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor, TaskCompletedSensor
+from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
+from airflow_provider_browseruse.triggers.browser_use import (
+    SessionStatusTrigger,
+    TaskStatusTrigger,
+    session_event,
+    task_event,
+)
+
+try:
+    from airflow.sdk.exceptions import TaskDeferred
+except ImportError:  # Airflow 3.1
+    from airflow.exceptions import TaskDeferred  # type: ignore[no-redef,attr-defined]
+
+UNKNOWN = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
+
+
+class RecordingTI:
+    def __init__(self) -> None:
+        self.xcom: dict[str, Any] = {}
+        self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number = "dag", "run", "op", -1, 1
+        self.start_date = None
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = json.loads(json.dumps(value))
+
+    def xcom_pull(self, task_ids: str, key: str) -> Any:
+        return self.xcom.get(key)
+
+
+def first_event(trigger: Any) -> dict[str, Any]:
+    async def collect() -> dict[str, Any]:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("no event")
+
+    return asyncio.run(collect())
+
+
+def roundtrip(trigger: Any) -> Any:
+    path, kwargs = trigger.serialize()
+    assert json.loads(json.dumps(kwargs)) == kwargs  # JSON-safe: it is stored in the metadata db
+    module, name = path.rsplit(".", 1)
+    return getattr(__import__(module, fromlist=[name]), name)(**kwargs)
+
+
+# --- triggers ----------------------------------------------------------------------------------
+
+
+def test_task_trigger_serializes_without_the_key(emulator: BrowserUseEmulator) -> None:
+    trigger = TaskStatusTrigger(
+        UNKNOWN, poll_interval=0.5, end_time=123.0, stop_on_kill=True, stop_session_on_kill=True
+    )
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_browseruse.triggers.browser_use.TaskStatusTrigger"
+    assert kwargs == {
+        "browser_use_task_id": UNKNOWN, "browser_use_conn_id": "browser_use_default", "poll_interval": 0.5,
+        "end_time": 123.0, "stop_on_kill": True, "stop_session_on_kill": True,
+    }  # fmt: skip
+    assert roundtrip(trigger).serialize() == (path, kwargs)
+    assert emulator.state.api_key not in json.dumps(kwargs)
+    session = SessionStatusTrigger(UNKNOWN, poll_interval=1, end_time=5.0)
+    assert roundtrip(session).serialize() == session.serialize()
+
+
+@pytest.mark.parametrize("final", ["finished", "failed", "stopped"])
+def test_task_trigger_fires_when_the_task_ends(emulator: BrowserUseEmulator, final: str) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=0.3, status=final)
+    task_id = emulator.state.create_task({"task": "job"})["id"]
+    event = first_event(TaskStatusTrigger(task_id, poll_interval=0.1, end_time=time.time() + 10))
+    assert event == {"event": "ended", "browser_use_task_id": task_id, "task_status": final}
+    assert 1 <= emulator.count("GET", f"/tasks/{task_id}/status") <= 5  # polled the light endpoint only
+    assert emulator.count("GET", f"/tasks/{task_id}") == 0
+
+
+def test_task_trigger_deadline_is_wall_clock(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=60)
+    task_id = emulator.state.create_task({"task": "job"})["id"]
+    started = time.time()
+    event = first_event(TaskStatusTrigger(task_id, poll_interval=0.1, end_time=started + 0.4))
+    assert event["event"] == "timeout"
+    assert 0.4 <= time.time() - started < 1.5
+    assert emulator.state.get_task(task_id)["status"] == "started"  # the operator decides what to stop
+
+
+def test_trigger_retries_like_the_hook(emulator: BrowserUseEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hooks, "RetryPolicy", lambda: RetryPolicy(initial_wait=0.01, max_wait=0.02))
+    emulator.state.scenario = Scenario().add("job", duration=0.1)
+    task_id = emulator.state.create_task({"task": "job"})["id"]
+    emulator.add_fault(method="GET", path=r"/tasks/.+/status", status=503, times=2)
+    emulator.add_fault(method="GET", path=r"/tasks/.+/status", drop=True)
+    event = first_event(TaskStatusTrigger(task_id, poll_interval=0.05, end_time=time.time() + 10))
+    assert event["event"] == "ended"
+    statuses = [r.status for r in emulator.requests("GET", f"/tasks/{task_id}/status")]
+    assert statuses[:2] == [503, 503]
+
+
+def test_trigger_reports_api_errors(emulator: BrowserUseEmulator) -> None:
+    event = first_event(SessionStatusTrigger(UNKNOWN, poll_interval=0.1, end_time=time.time() + 5))
+    assert event["event"] == "error"
+    assert event["status_code"] == 404
+    assert "Session not found" in event["message"]
+    assert emulator.count("GET", f"/sessions/{UNKNOWN}") == 1  # a 404 is final
+
+
+def test_session_trigger_fires_when_stopped(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=0.3)
+    created = emulator.state.create_task({"task": "job"})  # a one-off session: closes with its task
+    event = first_event(SessionStatusTrigger(created["sessionId"], poll_interval=0.1, end_time=time.time() + 10))
+    assert event == {"event": "stopped", "session_id": created["sessionId"]}
+
+
+def test_trigger_on_kill_stops_the_task_and_its_session(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=60)
+    created = emulator.state.create_task({"task": "job"})
+    asyncio.run(TaskStatusTrigger(created["id"], end_time=0, stop_on_kill=True, stop_session_on_kill=True).on_kill())
+    assert emulator.state.get_task(created["id"])["status"] == "stopped"
+    assert emulator.active_session_count() == 0
+    other = emulator.state.create_task({"task": "job"})
+    asyncio.run(TaskStatusTrigger(other["id"], end_time=0, stop_on_kill=False).on_kill())  # turned off
+    assert emulator.state.get_task(other["id"])["status"] in ("created", "started")
+    assert emulator.count("PATCH", f"/tasks/{other['id']}") == 0
+
+
+def test_triggers_in_one_loop_share_one_pool(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=3)
+    task_ids = [emulator.state.create_task({"task": f"job {n}"})["id"] for n in range(200)]
+    clients: set[int] = set()
+
+    async def run_all() -> list[dict[str, Any]]:
+        async def one(task_id: str) -> dict[str, Any]:
+            async for event in TaskStatusTrigger(task_id, poll_interval=0.1, end_time=time.time() + 20).run():
+                clients.add(id(hooks.shared_async_client()))
+                return event.payload
+            raise AssertionError
+
+        return await asyncio.gather(*(one(t) for t in task_ids))
+
+    events = asyncio.run(run_all())
+    assert [e["event"] for e in events] == ["ended"] * 200
+    assert len(clients) == 1
+    polls = emulator.requests("GET", r"/tasks/.+/status")
+    assert len(polls) > 200  # more than one round of 200 polls ...
+    connections = {r.client_port for r in polls}
+    assert 1 <= len(connections) <= hooks.ASYNC_POOL_SIZE  # ... over a bounded pool, not one per poll
+
+
+# --- strict events -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        None,
+        "ended",
+        {"event": "done", "browser_use_task_id": UNKNOWN},
+        {"event": "ended", "browser_use_task_id": "not-a-uuid", "task_status": "finished"},
+        {"event": "ended", "browser_use_task_id": UNKNOWN, "task_status": "started"},
+        {"event": "ended", "browser_use_task_id": UNKNOWN, "task_status": "paused"},
+        {"event": "ended", "browser_use_task_id": "9b2f7c1e-4a5d-4e6f-8a7b-1c2d3e4f5a6b", "task_status": "finished"},
+    ],
+)
+def test_unexpected_task_events_are_refused(event: Any) -> None:
+    with pytest.raises(AirflowException, match="Unexpected event|reported"):
+        task_event(event, UNKNOWN)
+
+
+def test_expected_events_pass() -> None:
+    assert (
+        task_event({"event": "ended", "browser_use_task_id": UNKNOWN, "task_status": "failed"}, UNKNOWN)["task_status"]
+        == "failed"
+    )
+    assert session_event({"event": "stopped", "session_id": UNKNOWN}, UNKNOWN)["event"] == "stopped"
+    with pytest.raises(AirflowException):
+        session_event({"event": "ended", "session_id": UNKNOWN}, UNKNOWN)
+
+
+# --- operators deferring -----------------------------------------------------------------------
+
+
+def run_deferred(op: Any, ctx: dict[str, Any]) -> Any:
+    """Execute until deferral, run the trigger inline as the triggerer would, then resume."""
+    try:
+        return op.execute(ctx)
+    except TaskDeferred as deferred:
+        trigger = roundtrip(deferred.trigger)
+        assert deferred.timeout is None  # Airflow's own defer timeout would skip execute_complete
+        return getattr(op, deferred.method_name)(ctx, first_event(trigger))
+
+
+def test_run_task_defers_after_pushing_ids(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=0.5, output="deferred result")
+    op = RunTaskOperator(task_id="run", task="job", poll_interval=0.1, deferrable=True)
+    ctx = {"ti": RecordingTI()}
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(ctx)
+    assert {"task_id", "session_id"} <= set(ctx["ti"].xcom)  # pushed before deferring
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, TaskStatusTrigger)
+    assert (trigger.object_id, trigger.stop_on_kill, trigger.stop_session_on_kill) == (
+        ctx["ti"].xcom["task_id"],
+        True,
+        True,
+    )
+    assert trigger.end_time == pytest.approx(time.time() + 3600, abs=5)
+    resumed = RunTaskOperator(task_id="run", task="job", poll_interval=0.1, deferrable=True)  # a new instance
+    assert resumed.execute_complete(ctx, first_event(trigger)) == "deferred result"
+    assert ctx["ti"].xcom["task"]["status"] == "finished"
+
+
+def test_run_task_does_not_defer_when_already_done(
+    emulator: BrowserUseEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=0, start_delay=0, output="instant")
+    monkeypatch.setattr(RunTaskOperator, "defer", lambda *a, **k: pytest.fail("deferred a finished task"))
+    original = hooks.BrowserUseHook.create_task
+
+    def create_and_settle(self: Any, body: Any) -> Any:
+        created = original(self, body)
+        time.sleep(0.05)
+        return created
+
+    monkeypatch.setattr(hooks.BrowserUseHook, "create_task", create_and_settle)
+    assert RunTaskOperator(task_id="run", task="job", deferrable=True).execute({"ti": RecordingTI()}) == "instant"
+
+
+def test_run_task_deferred_timeout_stops_the_remote_task(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=60)
+    ctx = {"ti": RecordingTI()}
+    with pytest.raises(AirflowException, match="did not end within the timeout"):
+        run_deferred(RunTaskOperator(task_id="run", task="job", poll_interval=0.1, timeout=0.3, deferrable=True), ctx)
+    assert emulator.state.get_task(ctx["ti"].xcom["task_id"])["status"] == "stopped"
+    assert emulator.active_session_count() == 0
+
+
+def test_execution_timeout_bounds_the_deferral(emulator: BrowserUseEmulator) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    emulator.state.scenario = Scenario().add("job", duration=60)
+    ti = RecordingTI()
+    ti.start_date = datetime.now(timezone.utc)
+    op = RunTaskOperator(
+        task_id="run", task="job", timeout=3600, execution_timeout=timedelta(seconds=30), deferrable=True
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute({"ti": ti})
+    assert deferred.value.trigger.end_time == pytest.approx(ti.start_date.timestamp() + 30, abs=1)
+
+
+def test_stop_session_defers_while_stopping(emulator: BrowserUseEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    session_id = emulator.state.create_session({"keepAlive": True})["id"]
+    real_stop = hooks.BrowserUseHook.stop_session
+
+    def stop_still_active(self: Any, sid: str) -> Any:  # the API answers before the browser is down
+        view = real_stop(self, sid)
+        return {**view, "status": "active"}
+
+    monkeypatch.setattr(hooks.BrowserUseHook, "stop_session", stop_still_active)
+    ctx = {"ti": RecordingTI()}
+    result = run_deferred(
+        StopSessionOperator(task_id="stop", session_id=session_id, poll_interval=0.1, deferrable=True), ctx
+    )
+    assert result["status"] == "stopped"
+    assert ctx["ti"].xcom["task_outputs"] == []
+
+
+def test_sensors_defer_and_resume(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=0.4, output="sensed")
+    created = emulator.state.create_task({"task": "job"})
+    ctx = {"ti": RecordingTI()}
+    sensor = TaskCompletedSensor(task_id="wait", browser_use_task_id=created["id"], poke_interval=0.1, deferrable=True)
+    assert run_deferred(sensor, ctx) == "sensed"
+    assert ctx["ti"].xcom["task"]["status"] == "finished"
+    session = SessionStoppedSensor(
+        task_id="wait_s", session_id=created["sessionId"], poke_interval=0.1, deferrable=True
+    )
+    assert run_deferred(session, ctx)["status"] == "stopped"  # done at the first check: no deferral
+
+
+def test_deferred_sensor_fails_clearly(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=0.3, status="failed", output="blocked")
+    created = emulator.state.create_task({"task": "job"})
+    with pytest.raises(AirflowException, match="failed; output: 'blocked'"):
+        run_deferred(
+            TaskCompletedSensor(task_id="w", browser_use_task_id=created["id"], poke_interval=0.1, deferrable=True),
+            {"ti": RecordingTI()},
+        )
+    sensor = SessionStoppedSensor(task_id="w", session_id=UNKNOWN, deferrable=True)
+    with pytest.raises(AirflowFailException, match="Session not found"):
+        sensor.execute_complete(
+            {"ti": RecordingTI()},
+            {"event": "error", "session_id": UNKNOWN, "status_code": 404, "message": "HTTP 404: Session not found"},
+        )
+
+
+def test_deferrable_defaults_to_airflows_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "True")
+    assert RunTaskOperator(task_id="r", task="t").deferrable is True
+    assert SessionStoppedSensor(task_id="s", session_id=UNKNOWN).deferrable is True
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "False")
+    assert StopSessionOperator(task_id="x", session_id=UNKNOWN).deferrable is False

@@ -478,7 +478,10 @@ class BrowserUseAsyncHook:
 
     async def settings(self) -> ApiSettings:
         if self._settings is None:
-            conn = await BaseHook.aget_connection(self.browser_use_conn_id)
+            try:
+                conn = await BaseHook.aget_connection(self.browser_use_conn_id)
+            except ImportError:  # Airflow 3.1 outside a supervised process: read it off the loop
+                conn = await asyncio.to_thread(BaseHook.get_connection, self.browser_use_conn_id)
             self._settings = api_settings(conn, self.browser_use_conn_id)
             BrowserUseHook._mask(self._settings.api_key)
         return self._settings

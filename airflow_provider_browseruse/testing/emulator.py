@@ -369,25 +369,31 @@ class _Front:
             return
         arrived, started = time.time(), time.perf_counter()
         method, path = scope["method"], scope["path"]
-        status = 0
-
-        async def logged_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         is_api = path.startswith(API_PREFIX)
         logged_path = path[len(API_PREFIX) :] if is_api else path
+        client_port = int((scope.get("client") or ("", 0))[1] or 0)
+        logged = False
+
+        def log(status: int) -> None:
+            nonlocal logged
+            if not logged:
+                logged = True
+                duration = time.perf_counter() - started
+                self.emulator._log(RequestRecord(method, logged_path, status, arrived, duration, client_port))
+
+        async def logged_send(message: Message) -> None:
+            # Logged before the answer leaves: whatever a client sees next, the log already holds.
+            if message["type"] == "http.response.start":
+                log(message["status"])
+            await send(message)
+
         try:
             if is_api:
                 await self._api(scope, receive, logged_send, method, logged_path)
             else:
                 await self.app(scope, receive, logged_send)
         finally:
-            client = scope.get("client") or ("", 0)
-            duration = time.perf_counter() - started
-            self.emulator._log(RequestRecord(method, logged_path, status, arrived, duration, int(client[1] or 0)))
+            log(0)  # no answer started: a dropped connection or a crash
 
     async def _api(self, scope: Scope, receive: Receive, send: Send, method: str, path: str) -> None:
         fault = self.emulator._take_fault(method, path)

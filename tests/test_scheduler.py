@@ -1,0 +1,207 @@
+"""A deferrable DAG under a real Airflow: api-server, scheduler, DAG processor and triggerer
+(LocalExecutor, SQLite) against the emulator on loopback, with a triggerer restart mid-wait."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.scheduler
+
+DAG_ID = "browser_use_deferrable"
+API_KEY = "bu_scheduler_test_key_1a2b3c4d5e"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Airflow:
+    """Airflow components as subprocesses sharing one AIRFLOW_HOME and SQLite database."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.env = env
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.api_url = ""
+
+    def cli(self, *args: str, timeout: float = 120) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        assert done.returncode == 0, f"airflow {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def start(self, name: str, *args: str) -> None:
+        log = (self.home / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.home / "airflow.db", timeout=30) as db:
+            return db.execute(sql, params).fetchall()
+
+    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            for name, process in self.processes.items():
+                assert process.poll() is None, f"{name} exited: {self.logs(name)[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"timed out waiting for {what}; scheduler log:\n{self.logs('scheduler')[-3000:]}"
+            )
+            time.sleep(0.5)
+
+    def logs(self, name: str) -> str:
+        path = self.home / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture
+def airflow(tmp_path: Path, browser_use_emulator: BrowserUseEmulator) -> Iterator[Airflow]:
+    browser_use_emulator.state.api_key = API_KEY
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / f"{DAG_ID}.py").write_text((ROOT / "example_dags" / f"{DAG_ID}.py").read_text())
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow.db",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API_AUTH__JWT_SECRET": "scheduler-test-jwt-secret-0123456789",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+        "AIRFLOW_CONN_BROWSER_USE_DEFAULT": json.dumps(
+            {"conn_type": "browser_use", "host": browser_use_emulator.base_url, "password": API_KEY}
+        ),
+    }
+    instance = Airflow(tmp_path, env)
+    instance.api_url = f"http://127.0.0.1:{port}"
+    instance.cli("db", "migrate")
+    instance.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port))
+    instance.start("dag-processor", "dag-processor")
+    instance.start("scheduler", "scheduler")
+    instance.start("triggerer", "triggerer")
+    try:
+        yield instance
+    finally:
+        for name in list(instance.processes):
+            instance.stop(name)
+
+
+def test_deferrable_dag_survives_a_triggerer_restart_and_a_kill_stops_the_remote_task(
+    airflow: Airflow, browser_use_emulator: BrowserUseEmulator
+) -> None:
+    emulator = browser_use_emulator
+    emulator.state.scenario = (
+        Scenario()
+        .add("news.ycombinator.com", output="Three sentences.", duration=25)
+        .add("Paris", output="Sunny", duration=25)
+    )
+    airflow.wait_for("the DAG to be parsed", lambda: bool(airflow.query("SELECT 1 FROM dag WHERE dag_id = ?", DAG_ID)))
+    airflow.cli("dags", "unpause", DAG_ID)
+    airflow.cli("dags", "trigger", DAG_ID)
+
+    def deferred(run_id: str = "%") -> set[str]:
+        rows = airflow.query(
+            "SELECT task_id FROM task_instance WHERE dag_id = ? AND run_id LIKE ? AND state = 'deferred'",
+            DAG_ID,
+            run_id,
+        )
+        return {row[0] for row in rows}
+
+    airflow.wait_for("both waits to be deferred", lambda: {"summarise", "wait_one_off"} <= deferred())
+    triggers = airflow.query("SELECT classpath, kwargs FROM trigger")
+    assert {row[0].rsplit(".", 1)[-1] for row in triggers} >= {"TaskStatusTrigger"}
+    assert all(API_KEY not in row[1] for row in triggers)  # kwargs hold the connection id, never the key
+
+    airflow.stop("triggerer")  # mid-wait: the remote tasks must keep running
+    time.sleep(2)
+    airflow.start("triggerer", "triggerer")
+
+    def run_state(run_id: str = "%") -> str:
+        rows = airflow.query("SELECT state FROM dag_run WHERE dag_id = ? AND run_id LIKE ?", DAG_ID, run_id)
+        return rows[0][0] if rows else ""
+
+    airflow.wait_for("the DAG run to end", lambda: run_state() in ("success", "failed"), timeout=240)
+    states = dict(airflow.query("SELECT task_id, state FROM task_instance WHERE dag_id = ?", DAG_ID))
+    assert run_state() == "success", (states, airflow.logs("triggerer")[-3000:])
+    assert set(states.values()) == {"success"}
+    assert emulator.count("POST", "/tasks") == 2  # no duplicate remote task
+    assert emulator.count("PATCH", r"/tasks/.+") == 0  # the restart stopped nothing
+    assert [t["status"] for t in emulator.state.list_tasks(session_id=None, status=None, after=None, before=None)] == [
+        "finished",
+        "finished",
+    ]
+    assert emulator.active_session_count() == 0
+
+    # A user marks a deferred RunTaskOperator failed: the trigger's on_kill (Airflow 3.3+) stops its remote task.
+    emulator.state.scenario = (
+        Scenario().add("news.ycombinator.com", duration=300).add("Paris", output="Sunny", duration=1)
+    )
+    airflow.cli("dags", "trigger", DAG_ID, "--run-id", "killed_run")
+    airflow.wait_for("the second run's wait to be deferred", lambda: "summarise" in deferred("killed_run"))
+    remote_task = json.loads(
+        airflow.query(
+            "SELECT value FROM xcom WHERE run_id = 'killed_run' AND task_id = 'summarise' AND key = 'task_id'"
+        )[0][0]
+    )
+    # The operator checks the status once before deferring; a second poll means the triggerer runs the trigger.
+    airflow.wait_for("the trigger to poll", lambda: emulator.count("GET", f"/tasks/{remote_task}/status") >= 2)
+    http = requests.Session()
+    token = http.get(f"{airflow.api_url}/auth/token", timeout=30).json()["access_token"]
+    http.headers["Authorization"] = f"Bearer {token}"
+    marked = http.patch(
+        f"{airflow.api_url}/api/v2/dags/{DAG_ID}/dagRuns/killed_run/taskInstances/summarise",
+        json={"new_state": "failed"},
+        timeout=30,
+    )
+    assert marked.status_code == 200, marked.text
+    airflow.wait_for(
+        "the trigger's on_kill to stop the remote task",
+        lambda: emulator.count("PATCH", f"/tasks/{remote_task}") == 1,
+        timeout=60,
+    )
+    assert emulator.state.get_task(remote_task)["status"] == "stopped"
+    airflow.wait_for("the second run to end", lambda: run_state("killed_run") in ("success", "failed"), timeout=180)
+    assert run_state("killed_run") == "failed"
+    airflow.wait_for("every session to be stopped", lambda: emulator.active_session_count() == 0, timeout=60)

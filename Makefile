@@ -1,6 +1,7 @@
 # make test: lint, the whole suite on Airflow 3.3.2, and the unit tests on the declared floor.
 # make demo: the example scraping DAG end to end against the local emulator (or the real API
 #            when BROWSER_USE_API_KEY is set). Both set up their own virtual environments.
+# make bench: what the provider costs, beside its baselines (benchmarks/run.py).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ FLOOR_PINS ?= "structlog==25.4.0" "universal-pathlib==0.2.6"
 BIN := $(VENV)/bin
 FLOOR_BIN := $(FLOOR_VENV)/bin
 
-.PHONY: test lint pytest test-floor demo clean
+.PHONY: test lint pytest test-floor demo bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,10 @@ test-floor: $(FLOOR_BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/python scripts/demo.py
+
+# Benchmarks print a table and write bench-results.json; they assert nothing about time.
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) .demo

@@ -145,7 +145,7 @@ def test_triggers_in_one_loop_share_one_pool(emulator: BrowserUseEmulator) -> No
     async def run_all() -> list[dict[str, Any]]:
         async def one(task_id: str) -> dict[str, Any]:
             async for event in TaskStatusTrigger(task_id, poll_interval=0.1, end_time=time.time() + 20).run():
-                clients.add(id(hooks.shared_async_client()))
+                clients.add(id(hooks.shared_pool()))
                 return event.payload
             raise AssertionError
 

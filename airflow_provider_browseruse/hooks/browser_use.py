@@ -10,19 +10,20 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
-import requests
 import tenacity
 from airflow.sdk import BaseHook
-from urllib3.exceptions import NewConnectionError
 
 from airflow_provider_browseruse import CONNECTION_UI_FIELD_BEHAVIOUR, __version__, _wire
 from airflow_provider_browseruse._compat import AirflowException
 from airflow_provider_browseruse._retry import RetryPolicy
 from airflow_provider_browseruse.exceptions import BrowserUseAPIError, FailureKind
+
+if TYPE_CHECKING:
+    import requests
 
 USER_AGENT = f"airflow-provider-browseruse/{__version__}"
 DEFAULT_API_PATH = "/api/v2"
@@ -227,6 +228,8 @@ class BrowserUseHook(BaseHook):
     @cached_property
     def http(self) -> requests.Session:
         """One keep-alive session for every call of this hook."""
+        import requests  # here, not at module level: DAG files that import the hook do not pay for it
+
         session = requests.Session()
         session.headers.update(
             {
@@ -255,12 +258,21 @@ class BrowserUseHook(BaseHook):
         params: Mapping[str, Any] | None = None,
         resend_safe: bool = True,
     ) -> Any:
-        retrying = tenacity.Retrying(
-            **self.retry_policy.tenacity_arguments(resend_safe=resend_safe, sleep=self._sleep, log=self.log)
-        )
-        return retrying(self._send_once, call, method, path, json, params)
+        return self._retrying(resend_safe)(self._send_once, call, method, path, json, params)
+
+    def _retrying(self, resend_safe: bool) -> tenacity.Retrying:
+        # Built once per hook and kind, not per call: a hook is used from one thread at a time.
+        key = "_retrying_resend_safe" if resend_safe else "_retrying_create"
+        retrying = self.__dict__.get(key)
+        if retrying is None:
+            arguments = self.retry_policy.tenacity_arguments(resend_safe=resend_safe, sleep=self._sleep, log=self.log)
+            retrying = self.__dict__[key] = tenacity.Retrying(**arguments)
+        return retrying
 
     def _send_once(self, call: str, method: str, path: str, json: Any, params: Mapping[str, Any] | None) -> Any:
+        import requests
+        from urllib3.exceptions import NewConnectionError
+
         conn_id = self.browser_use_conn_id
         try:
             response = self.http.request(
@@ -390,6 +402,7 @@ class BrowserUseHook(BaseHook):
 
         The API key is not sent: a presigned URL carries its own grant, often to another host.
         """
+        import requests
 
         def attempt() -> int:
             destination.seek(0)
@@ -413,10 +426,7 @@ class BrowserUseHook(BaseHook):
                     call, self.browser_use_conn_id, kind="interrupted", reason=type(error).__name__
                 ) from None
 
-        retrying = tenacity.Retrying(
-            **self.retry_policy.tenacity_arguments(resend_safe=True, sleep=self._sleep, log=self.log)
-        )
-        return retrying(attempt)
+        return self._retrying(True)(attempt)
 
     def session_ui_url(self, session_id: str) -> str:
         """The session's page in the Browser Use web app (from the connection's ``ui_base_url``)."""
@@ -436,23 +446,41 @@ class BrowserUseHook(BaseHook):
 
 # --- async, for triggers -----------------------------------------------------------------------
 
-#: One HTTP connection pool per event loop, shared by every trigger of this provider that runs in
-#: it: a triggerer with a thousand deferred tasks keeps a bounded set of keep-alive connections.
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
-ASYNC_POOL_SIZE = 64
+#: One small HTTP connection pool per event loop, shared by every trigger of this provider that
+#: runs in it: a triggerer with a thousand deferred tasks keeps at most this many keep-alive
+#: connections. Each connection is its own single-connection httpx client, handed out through a
+#: queue: httpcore's own pool does work in proportion to the square of its size on every request,
+#: which costs more CPU than the request itself when many triggers poll at once.
+ASYNC_POOL_SIZE = 16
 
 
-def shared_async_client() -> httpx.AsyncClient:
-    """The running event loop's client (created on first use)."""
+class _LoopPool:
+    def __init__(self) -> None:
+        self.idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+        self.created = 0
+        self._ssl = httpx.create_ssl_context()  # loaded once: each load of the CA file costs ~50 ms
+
+    async def take(self) -> httpx.AsyncClient:
+        if self.idle.empty() and self.created < ASYNC_POOL_SIZE:
+            self.created += 1
+            return httpx.AsyncClient(
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                verify=self._ssl,
+            )
+        return await self.idle.get()
+
+
+_loop_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPool] = weakref.WeakKeyDictionary()
+
+
+def shared_pool() -> _LoopPool:
+    """The running event loop's pool (created on first use)."""
     loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None or client.is_closed:
-        client = httpx.AsyncClient(
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-            limits=httpx.Limits(max_connections=ASYNC_POOL_SIZE, max_keepalive_connections=ASYNC_POOL_SIZE),
-        )
-        _async_clients[loop] = client
-    return client
+    pool = _loop_pools.get(loop)
+    if pool is None:
+        pool = _loop_pools[loop] = _LoopPool()
+    return pool
 
 
 class BrowserUseAsyncHook:
@@ -496,8 +524,10 @@ class BrowserUseAsyncHook:
     async def _send_once(self, call: str, method: str, path: str, json: Any) -> Any:
         settings = await self.settings()
         conn_id = self.browser_use_conn_id
+        pool = shared_pool()
+        client = await pool.take()
         try:
-            response = await shared_async_client().request(
+            response = await client.request(
                 method,
                 settings.base_url + path,
                 json=json,
@@ -508,6 +538,8 @@ class BrowserUseAsyncHook:
             raise api_error(call, conn_id, kind="unreachable", reason=type(error).__name__) from error
         except httpx.TransportError as error:  # read timeout, dropped connection, broken answer
             raise api_error(call, conn_id, kind="interrupted", reason=type(error).__name__) from error
+        finally:
+            pool.idle.put_nowait(client)
         return read_answer(
             call,
             conn_id,

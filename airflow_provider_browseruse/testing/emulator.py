@@ -164,6 +164,7 @@ class RequestRecord:
     time: float  # wall clock when it arrived
     duration: float  # seconds to answer
     client_port: int = 0  # the client's TCP port: distinct ports are distinct connections
+    response_bytes: int = 0  # the body's Content-Length
 
 
 class EmulatedDrop(Exception):
@@ -374,17 +375,18 @@ class _Front:
         client_port = int((scope.get("client") or ("", 0))[1] or 0)
         logged = False
 
-        def log(status: int) -> None:
+        def log(status: int, size: int = 0) -> None:
             nonlocal logged
             if not logged:
                 logged = True
                 duration = time.perf_counter() - started
-                self.emulator._log(RequestRecord(method, logged_path, status, arrived, duration, client_port))
+                self.emulator._log(RequestRecord(method, logged_path, status, arrived, duration, client_port, size))
 
         async def logged_send(message: Message) -> None:
             # Logged before the answer leaves: whatever a client sees next, the log already holds.
             if message["type"] == "http.response.start":
-                log(message["status"])
+                size = dict(message.get("headers") or []).get(b"content-length", b"0")
+                log(message["status"], int(size))
             await send(message)
 
         try:

@@ -24,11 +24,64 @@ from airflow_provider_browseruse.operators.browser_use import (
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from airflow.triggers.base import BaseTrigger
 
     from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
 
 
-class SessionStoppedSensor(BaseSensorOperator):
+class BrowserUseBaseSensor(BaseSensorOperator):
+    """Holds the connection and, with ``deferrable``, checks once and then waits in the triggerer."""
+
+    operator_extra_links = (BrowserUseSessionLink(),)
+    done_event: str  # the trigger event that means the condition holds
+
+    def __init__(
+        self, *, browser_use_conn_id: str = "browser_use_default", deferrable: bool | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.browser_use_conn_id = browser_use_conn_id
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
+
+    @cached_property
+    def hook(self) -> BrowserUseHook:
+        from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+
+        return BrowserUseHook(self.browser_use_conn_id)
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        checked = self.poke(context)
+        if checked.is_done:
+            return checked.xcom_value
+        deadline = wall_clock_deadline(self, context, float(self.timeout))
+        self.defer(trigger=self.trigger(deadline), method_name="execute_complete")
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        raise NotImplementedError
+
+    def trigger(self, end_time: float) -> BaseTrigger:
+        raise NotImplementedError
+
+    def checked_event(self, event: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def execute_complete(self, context: Context, event: Any) -> Any:
+        """Resume after the deferred wait: one last poke on success, a clear failure otherwise."""
+        event = self.checked_event(event)
+        if event["event"] == "timeout":
+            raise AirflowSensorTimeout(f"{self.task_id}: the wait timed out after {self.timeout} s")
+        if event["event"] == "error":
+            if event.get("status_code") == 404:
+                raise AirflowFailException(event.get("message"))
+            raise AirflowException(event.get("message"))
+        checked = self.poke(context)
+        if event["event"] != self.done_event or not checked.is_done:
+            raise AirflowException(f"The trigger reported {event!r} but the API does not agree")
+        return checked.xcom_value
+
+
+class SessionStoppedSensor(BrowserUseBaseSensor):
     """Wait until a Browser Use session is ``stopped``.
 
     Works in ``poke`` and ``reschedule`` mode. When done, returns the final session without its
@@ -42,52 +95,27 @@ class SessionStoppedSensor(BaseSensorOperator):
     """
 
     template_fields: Sequence[str] = ("session_id",)
-    operator_extra_links = (BrowserUseSessionLink(),)
+    done_event = "stopped"
 
-    def __init__(
-        self,
-        *,
-        session_id: str,
-        browser_use_conn_id: str = "browser_use_default",
-        deferrable: bool | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, session_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_id_if_known(session_id, "session_id")
         self.session_id = session_id
-        self.browser_use_conn_id = browser_use_conn_id
-        self.deferrable = default_deferrable() if deferrable is None else deferrable
 
-    def execute(self, context: Context) -> Any:
-        if not self.deferrable:
-            return super().execute(context)
+    def trigger(self, end_time: float) -> BaseTrigger:
         from airflow_provider_browseruse.triggers.browser_use import SessionStatusTrigger
 
-        checked = self.poke(context)
-        if checked.is_done:
-            return checked.xcom_value
-        self.defer(
-            trigger=SessionStatusTrigger(
-                require_id(self.session_id, "session_id"),
-                browser_use_conn_id=self.browser_use_conn_id,
-                poll_interval=float(self.poke_interval),
-                end_time=wall_clock_deadline(self, context, float(self.timeout)),
-            ),
-            method_name="execute_complete",
+        return SessionStatusTrigger(
+            require_id(self.session_id, "session_id"),
+            browser_use_conn_id=self.browser_use_conn_id,
+            poll_interval=float(self.poke_interval),
+            end_time=end_time,
         )
 
-    def execute_complete(self, context: Context, event: Any) -> Any:
-        """Resume after the deferred wait: read the stopped session once and publish it."""
+    def checked_event(self, event: Any) -> dict[str, Any]:
         from airflow_provider_browseruse.triggers.browser_use import session_event
 
-        event = session_event(event, require_id(self.session_id, "session_id"))
-        return _resume(self, context, event, "stopped")
-
-    @cached_property
-    def hook(self) -> BrowserUseHook:
-        from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
-
-        return BrowserUseHook(self.browser_use_conn_id)
+        return session_event(event, require_id(self.session_id, "session_id"))
 
     def poke(self, context: Context) -> PokeReturnValue:
         from airflow_provider_browseruse.exceptions import BrowserUseAPIError
@@ -107,7 +135,7 @@ class SessionStoppedSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=publish_session(context, view, self.log))
 
 
-class TaskCompletedSensor(BaseSensorOperator):
+class TaskCompletedSensor(BrowserUseBaseSensor):
     """Wait until a Browser Use task has ended, and judge it as :class:`RunTaskOperator` does.
 
     Done when the task is ``finished`` and passes ``success_policy``; fails on ``failed`` or
@@ -122,59 +150,39 @@ class TaskCompletedSensor(BaseSensorOperator):
     """
 
     template_fields: Sequence[str] = ("browser_use_task_id", "output_files_path")
-    operator_extra_links = (BrowserUseSessionLink(),)
+    done_event = "ended"
 
     def __init__(
         self,
         *,
         browser_use_task_id: str,
-        browser_use_conn_id: str = "browser_use_default",
         success_policy: str | _wire.SuccessPolicy = _wire.SuccessPolicy.AGENT,
         structured_output: Any = None,
         output_files_path: Any = None,
-        deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_id_if_known(browser_use_task_id, "browser_use_task_id")
         schema_of(structured_output)
         self.browser_use_task_id = browser_use_task_id
-        self.browser_use_conn_id = browser_use_conn_id
         self.success_policy = _wire.SuccessPolicy(success_policy)
         self.structured_output = structured_output
         self.output_files_path = output_files_path
-        self.deferrable = default_deferrable() if deferrable is None else deferrable
 
-    def execute(self, context: Context) -> Any:
-        if not self.deferrable:
-            return super().execute(context)
+    def trigger(self, end_time: float) -> BaseTrigger:
         from airflow_provider_browseruse.triggers.browser_use import TaskStatusTrigger
 
-        checked = self.poke(context)
-        if checked.is_done:
-            return checked.xcom_value
-        self.defer(
-            trigger=TaskStatusTrigger(
-                require_id(self.browser_use_task_id, "browser_use_task_id"),
-                browser_use_conn_id=self.browser_use_conn_id,
-                poll_interval=float(self.poke_interval),
-                end_time=wall_clock_deadline(self, context, float(self.timeout)),
-            ),
-            method_name="execute_complete",
+        return TaskStatusTrigger(
+            require_id(self.browser_use_task_id, "browser_use_task_id"),
+            browser_use_conn_id=self.browser_use_conn_id,
+            poll_interval=float(self.poke_interval),
+            end_time=end_time,
         )
 
-    def execute_complete(self, context: Context, event: Any) -> Any:
-        """Resume after the deferred wait: judge the ended task once, as a poke would."""
+    def checked_event(self, event: Any) -> dict[str, Any]:
         from airflow_provider_browseruse.triggers.browser_use import task_event
 
-        event = task_event(event, require_id(self.browser_use_task_id, "browser_use_task_id"))
-        return _resume(self, context, event, "ended")
-
-    @cached_property
-    def hook(self) -> BrowserUseHook:
-        from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
-
-        return BrowserUseHook(self.browser_use_conn_id)
+        return task_event(event, require_id(self.browser_use_task_id, "browser_use_task_id"))
 
     def poke(self, context: Context) -> PokeReturnValue:
         from airflow_provider_browseruse.exceptions import BrowserUseAPIError
@@ -199,17 +207,3 @@ class TaskCompletedSensor(BaseSensorOperator):
             output_files_path=self.output_files_path,
         )
         return PokeReturnValue(is_done=True, xcom_value=output)
-
-
-def _resume(sensor: Any, context: Context, event: dict[str, Any], done: str) -> Any:
-    """Act on a validated trigger event: one last poke on success, a clear failure otherwise."""
-    if event["event"] == "timeout":
-        raise AirflowSensorTimeout(f"{sensor.task_id}: the wait timed out after {sensor.timeout} s")
-    if event["event"] == "error":
-        if event.get("status_code") == 404:
-            raise AirflowFailException(event.get("message"))
-        raise AirflowException(event.get("message"))
-    checked = sensor.poke(context)
-    if event["event"] != done or not checked.is_done:
-        raise AirflowException(f"The trigger reported {event!r} but the API does not agree")
-    return checked.xcom_value

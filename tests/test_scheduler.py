@@ -24,7 +24,9 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.scheduler
 
 DAG_ID = "browser_use_deferrable"
+LOGIN_DAG_ID = "browser_use_login"
 API_KEY = "bu_scheduler_test_key_1a2b3c4d5e"
+SECRET = "correct-horse-battery-staple-7f3a"
 
 
 def free_port() -> int:
@@ -92,7 +94,8 @@ def airflow(tmp_path: Path, browser_use_emulator: BrowserUseEmulator) -> Iterato
     browser_use_emulator.state.api_key = API_KEY
     dags = tmp_path / "dags"
     dags.mkdir()
-    (dags / f"{DAG_ID}.py").write_text((ROOT / "example_dags" / f"{DAG_ID}.py").read_text())
+    for dag_id in (DAG_ID, LOGIN_DAG_ID):
+        (dags / f"{dag_id}.py").write_text((ROOT / "example_dags" / f"{dag_id}.py").read_text())
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
@@ -110,6 +113,7 @@ def airflow(tmp_path: Path, browser_use_emulator: BrowserUseEmulator) -> Iterato
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+        "AIRFLOW_VAR_SHOP_PASSWORD": SECRET,
         "AIRFLOW_CONN_BROWSER_USE_DEFAULT": json.dumps(
             {"conn_type": "browser_use", "host": browser_use_emulator.base_url, "password": API_KEY}
         ),
@@ -137,9 +141,12 @@ def test_deferrable_dag_survives_a_triggerer_restart_and_a_kill_stops_the_remote
         .add("news.ycombinator.com", output="Three sentences.", duration=25)
         .add("Paris", output="Sunny", duration=25)
     )
-    airflow.wait_for("the DAG to be parsed", lambda: bool(airflow.query("SELECT 1 FROM dag WHERE dag_id = ?", DAG_ID)))
-    airflow.cli("dags", "unpause", DAG_ID)
-    airflow.cli("dags", "trigger", DAG_ID)
+    emulator.state.scenario.add("shop.example.com", output="Order 1234: a teapot", duration=8)
+    parsed = "SELECT count(*) FROM dag WHERE dag_id IN (?, ?)"
+    airflow.wait_for("the DAGs to be parsed", lambda: airflow.query(parsed, DAG_ID, LOGIN_DAG_ID)[0][0] == 2)
+    for dag_id in (DAG_ID, LOGIN_DAG_ID):
+        airflow.cli("dags", "unpause", dag_id)
+        airflow.cli("dags", "trigger", dag_id)
 
     def deferred(run_id: str = "%") -> set[str]:
         rows = airflow.query(
@@ -166,12 +173,10 @@ def test_deferrable_dag_survives_a_triggerer_restart_and_a_kill_stops_the_remote
     states = dict(airflow.query("SELECT task_id, state FROM task_instance WHERE dag_id = ?", DAG_ID))
     assert run_state() == "success", (states, airflow.logs("triggerer")[-3000:])
     assert set(states.values()) == {"success"}
-    assert emulator.count("POST", "/tasks") == 2  # no duplicate remote task
+    assert emulator.count("POST", "/tasks") == 3  # two for this DAG, one for the login DAG: no duplicate
     assert emulator.count("PATCH", r"/tasks/.+") == 0  # the restart stopped nothing
-    assert [t["status"] for t in emulator.state.list_tasks(session_id=None, status=None, after=None, before=None)] == [
-        "finished",
-        "finished",
-    ]
+    statuses = [t["status"] for t in emulator.state.list_tasks(session_id=None, status=None, after=None, before=None)]
+    assert statuses == ["finished"] * 3
     assert emulator.active_session_count() == 0
 
     # A user marks a deferred RunTaskOperator failed: the trigger's on_kill (Airflow 3.3+) stops its remote task.
@@ -205,3 +210,21 @@ def test_deferrable_dag_survives_a_triggerer_restart_and_a_kill_stops_the_remote
     airflow.wait_for("the second run to end", lambda: run_state("killed_run") in ("success", "failed"), timeout=180)
     assert run_state("killed_run") == "failed"
     airflow.wait_for("every session to be stopped", lambda: emulator.active_session_count() == 0, timeout=60)
+
+    # The secret-leak check: the key and the task secret reached the API, and nowhere else.
+    login_state = airflow.query("SELECT state FROM dag_run WHERE dag_id = ?", LOGIN_DAG_ID)[0][0]
+    assert login_state == "success", airflow.logs("scheduler")[-2000:]
+    [login_task] = [t for t in emulator.state.tasks.values() if "shop.example.com" in t.prompt]
+    assert login_task.secrets == {"password": SECRET}
+    leaks = []
+    for path in airflow.home.rglob("*"):
+        if path.is_file() and path.suffix != ".db":
+            text = path.read_text(errors="replace")
+            leaks += [f"{path.relative_to(airflow.home)}: {word}" for word in (API_KEY, SECRET) if word in text]
+    with sqlite3.connect(airflow.home / "airflow.db") as db:
+        dump = "\n".join(db.iterdump())  # XCom, rendered fields, trigger rows, task instances: everything
+    leaks += [f"metadata db: {word}" for word in (API_KEY, SECRET) if word in dump]
+    files = sum(1 for p in airflow.home.rglob("*.log*") if p.is_file())
+    assert files >= 10  # the search covered task, trigger and component logs
+    assert "xcom" in dump and "rendered_task_instance_fields" in dump and "trigger" in dump
+    assert leaks == []

@@ -62,6 +62,7 @@ class Task:
     start_url: str | None
     stopped_at: float | None = None
     file_ids: list[str] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # kept for tests, never sent back
 
     @property
     def started(self) -> float:
@@ -299,6 +300,7 @@ class EmulatorState:
                 metadata=dict(body.get("metadata") or {}),
                 judge=bool(body.get("judge")),
                 start_url=body.get("startUrl"),
+                secrets=dict(body.get("secrets") or {}),
             )
             for output_file in script.output_files:
                 file_id = str(uuid.uuid4())

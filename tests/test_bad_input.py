@@ -1,0 +1,133 @@
+"""Parameters users get wrong: a clear error naming the parameter, before any request is sent."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from airflow_provider_browseruse._compat import AirflowException
+from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+from airflow_provider_browseruse.operators.browser_use import (
+    CreateSessionOperator,
+    RunTaskOperator,
+    StopSessionOperator,
+    StopTaskOperator,
+)
+from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor, TaskCompletedSensor
+from airflow_provider_browseruse.testing import BrowserUseEmulator
+
+
+class TI:
+    dag_id, run_id, task_id, map_index, try_number, start_date = "d", "r", "t", -1, 1, None
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        pass
+
+
+PARSE_TIME: list[tuple[str, Callable[[], Any], str]] = [
+    ("session_id", lambda: StopSessionOperator(task_id="x", session_id="sess-123"), "session_id must be a Browser Use id"),
+    ("session_id", lambda: SessionStoppedSensor(task_id="x", session_id="123"), "session_id must be a Browser Use id"),
+    ("session_id", lambda: RunTaskOperator(task_id="x", task="t", session_id="abc"), "session_id must be a Browser Use id"),
+    ("browser_use_task_id", lambda: StopTaskOperator(task_id="x", browser_use_task_id="t-1"), "browser_use_task_id must be"),
+    ("browser_use_task_id", lambda: TaskCompletedSensor(task_id="x", browser_use_task_id="?"), "browser_use_task_id must be"),
+    ("profile_id", lambda: CreateSessionOperator(task_id="x", profile_id="default"), "profile_id must be a Browser Use id"),
+    ("task", lambda: RunTaskOperator(task_id="x", task="   "), "task must be a non-empty prompt"),
+    ("structured_output", lambda: RunTaskOperator(task_id="x", task="t", structured_output={"type": 5}), "structured_output is not a valid JSON Schema"),
+    ("structured_output", lambda: RunTaskOperator(task_id="x", task="t", structured_output=[1]), "structured_output must be a JSON Schema dict"),
+    ("poll_interval", lambda: RunTaskOperator(task_id="x", task="t", poll_interval=-1), "poll_interval must be a positive number"),
+    ("timeout", lambda: StopSessionOperator(task_id="x", session_id="3c90c3cc-0d44-4b50-8888-8dd25736052a", timeout=0), "timeout must be a positive"),
+    ("metadata", lambda: RunTaskOperator(task_id="x", task="t", metadata={str(n): "v" for n in range(9)}), "metadata can hold at most 5 pairs"),
+    ("success_policy", lambda: RunTaskOperator(task_id="x", task="t", success_policy="maybe"), "success_policy must be one of"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("parameter", "build", "message"), PARSE_TIME, ids=[f"{p}-{n}" for n, (p, _, _) in enumerate(PARSE_TIME)]
+)
+def test_parse_time_errors_name_the_parameter(parameter: str, build: Callable[[], Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        build()
+    assert parameter in str(caught.value)
+
+
+RUN_TIME: list[tuple[str, Callable[[], Any], str]] = [
+    ("session_id", lambda: StopSessionOperator(task_id="x", session_id="{{ 'not-a-uuid' }}"), "session_id must be a Browser Use id"),
+    ("browser_use_task_id", lambda: StopTaskOperator(task_id="x", browser_use_task_id="{{ 'nope' }}"), "browser_use_task_id must be"),
+    ("session_id", lambda: RunTaskOperator(task_id="x", task="t", session_id="{{ 'zz' }}"), "session_id must be a Browser Use id"),
+    ("task", lambda: RunTaskOperator(task_id="x", task="{{ '' }}"), "task rendered to an empty prompt"),
+    ("metadata", lambda: RunTaskOperator(task_id="x", task="t", metadata={"n": "{{ 1 }}"}), None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("parameter", "build", "message"), RUN_TIME, ids=[f"{p}-{n}" for n, (p, _, _) in enumerate(RUN_TIME)]
+)
+def test_rendered_values_are_checked_before_any_request(
+    emulator: BrowserUseEmulator, parameter: str, build: Callable[[], Any], message: str | None
+) -> None:
+    op = build()
+    context: dict[str, Any] = {"ti": TI()}
+    op.render_template_fields(context)
+    if message is None:  # a rendered metadata value is a string: accepted
+        op.wait_for_completion = False
+        op.execute(context)
+        assert emulator.count("POST", "/tasks") == 1
+        return
+    with pytest.raises(AirflowException, match=message):
+        op.execute(context)
+    assert emulator.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("connection", "message"),
+    [
+        ({"conn_type": "browser_use", "host": "https://api.browser-use.com/api/v2"}, "has no Browser Use API key"),
+        ({"conn_type": "browser_use", "password": "bu_x", "host": "ftp://files.example.com"}, r"expected an http\(s\) URL"),
+        ({"conn_type": "browser_use", "password": "bu_x", "host": "http://api.browser-use.com/api/v2"}, "plain-http base URL to 'api.browser-use.com'"),
+        ({"conn_type": "browser_use", "password": "bu_x", "host": "http://10.0.0.5:8080/api/v2"}, "plain-http base URL to '10.0.0.5'"),
+    ],
+)  # fmt: skip
+def test_malformed_connections_fail_before_any_request(
+    emulator: BrowserUseEmulator, monkeypatch: pytest.MonkeyPatch, connection: dict[str, Any], message: str
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_BAD", json.dumps(connection))
+    with pytest.raises(AirflowException, match=message) as caught:
+        BrowserUseHook("bad").get_account()
+    assert "'bad'" in str(caught.value)  # names the connection to fix
+    assert "bu_x" not in str(caught.value)
+    assert emulator.requests() == []
+
+
+def test_plain_http_needs_an_explicit_opt_in(monkeypatch: pytest.MonkeyPatch, requests_mock: Any) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_GW",
+        json.dumps(
+            {
+                "conn_type": "browser_use",
+                "password": "bu_x",
+                "host": "http://gw.internal/api/v2",
+                "extra": {"allow_insecure_http": True},
+            }
+        ),
+    )
+    requests_mock.get("http://gw.internal/api/v2/billing/account", json={"projectId": "p"})
+    assert BrowserUseHook("gw").get_account() == {"projectId": "p"}
+
+
+def test_tls_verification_stays_on(emulator: BrowserUseEmulator) -> None:
+    import asyncio
+
+    from airflow_provider_browseruse.hooks import browser_use as hooks
+
+    assert BrowserUseHook().http.verify is True
+
+    async def pool_context() -> ssl.SSLContext:
+        return hooks.shared_pool()._ssl
+
+    context = asyncio.run(pool_context())
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname is True

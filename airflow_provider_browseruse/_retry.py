@@ -22,6 +22,21 @@ from airflow_provider_browseruse.exceptions import BrowserUseAPIError
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
+def may_have_taken_effect(error: BaseException) -> bool:
+    """Whether a failed create call may still have created something remotely.
+
+    Such a call is never resent; the caller looks for what it may have created instead.
+    """
+    if not isinstance(error, BrowserUseAPIError) or error.kind == "unreachable" or error.status_code == 429:
+        return False
+    return error.kind in ("interrupted", "malformed") or (error.status_code or 0) >= 500
+
+
+#: Seconds to wait before each look for what an ambiguous create may have made (it may still be
+#: in flight on the server when the client gives up).
+RECONCILE_WAITS = (0.0, 1.0, 2.0)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How often and how long a call is retried.

@@ -52,6 +52,19 @@ SESSIONS_PATH = "/sessions"
 TASKS_PATH = "/tasks"
 
 
+def parse_timestamp(value: Any) -> float | None:
+    """An API timestamp (ISO 8601, UTC, with or without ``Z``) as epoch seconds, or None."""
+    from datetime import datetime, timezone
+
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def session_path(session_id: str) -> str:
     return f"{SESSIONS_PATH}/{session_id}"
 

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import requests
 
 USER_AGENT = f"airflow-provider-browseruse/{__version__}"
+#: Seconds to wait for each HTTP answer, unless a hook is given its own ``timeout``.
+DEFAULT_TIMEOUT = 30.0
 DEFAULT_API_PATH = "/api/v2"
 
 
@@ -195,15 +197,15 @@ class BrowserUseHook(BaseHook):
         self,
         browser_use_conn_id: str = default_conn_name,
         *,
-        timeout: float = 30.0,
+        timeout: float | None = None,
         retry_policy: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if timeout <= 0:
+        if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.browser_use_conn_id = browser_use_conn_id
-        self.timeout = timeout
+        self.timeout = timeout or DEFAULT_TIMEOUT
         self.retry_policy = retry_policy or RetryPolicy()
         self._sleep: Callable[[float], Any] = time.sleep
 
@@ -495,11 +497,11 @@ class BrowserUseAsyncHook:
         self,
         browser_use_conn_id: str = BrowserUseHook.default_conn_name,
         *,
-        timeout: float = 30.0,
+        timeout: float | None = None,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.browser_use_conn_id = browser_use_conn_id
-        self.timeout = timeout
+        self.timeout = timeout or DEFAULT_TIMEOUT
         self.retry_policy = retry_policy or RetryPolicy()
         self._settings: ApiSettings | None = None
         self.log = logging.getLogger(__name__)

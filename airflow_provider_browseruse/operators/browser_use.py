@@ -267,11 +267,48 @@ class CreateSessionOperator(BrowserUseBaseOperator):
             },
             self.extra_fields,
         )
-        session = self.hook.create_session(body)
+        from airflow_provider_browseruse._retry import may_have_taken_effect
+        from airflow_provider_browseruse.exceptions import BrowserUseAPIError
+
+        asked_at = time.time()
+        try:
+            session = self.hook.create_session(body)
+        except BrowserUseAPIError as error:
+            if not may_have_taken_effect(error):
+                raise
+            self.log.warning("Creating the session may or may not have worked (%s); looking for it.", error)
+            session = self._created_session(asked_at, body, error)
         session_id = str(session["id"])
         self.push_session(context, session_id)
         self.log.info("Started Browser Use session %s (keepAlive %s).", session_id, session.get("keepAlive"))
         return session_id
+
+    def _created_session(self, asked_at: float, body: Mapping[str, Any], error: Exception) -> dict[str, Any]:
+        """The session an ambiguous create made, if exactly one new active session fits it.
+
+        Sessions carry no tags, so this adopts a session only when it is the one active session
+        that started around the call with the asked keepAlive; with none or several, it fails
+        (stopping a session another DAG started would be worse than failing).
+        """
+        from airflow_provider_browseruse._retry import RECONCILE_WAITS
+
+        skew = 5.0  # the API's clock and the worker's may differ a little
+        candidates: list[dict[str, Any]] = []
+        for wait in RECONCILE_WAITS:
+            time.sleep(wait)
+            candidates = [
+                s
+                for s in self.hook.list_sessions(status=_wire.SessionStatus.ACTIVE)
+                if (_wire.parse_timestamp(s.get("startedAt")) or 0) >= asked_at - skew
+                and s.get("keepAlive") == body.get("keepAlive", True)
+            ]
+            if len(candidates) == 1:
+                self.log.warning("Found the session the failed call created: %s.", candidates[0]["id"])
+                return candidates[0]
+            if len(candidates) > 1:
+                break
+        ids = ", ".join(str(s["id"]) for s in candidates) or "none"
+        raise AirflowException(f"{error}. It may have started a session; candidates: {ids}.") from error
 
 
 def finish_task(
@@ -602,19 +639,24 @@ class RunTaskOperator(BrowserUseBaseOperator):
             earlier = self._earlier_task(tags)
             if earlier is not None:
                 return earlier
+        from airflow_provider_browseruse._retry import RECONCILE_WAITS, may_have_taken_effect
+
         try:
             created = self.hook.create_task(body)
         except BrowserUseAPIError as error:
-            ambiguous = error.kind in ("interrupted", "malformed") or (error.status_code or 0) >= 500
-            if not ambiguous:
+            if not may_have_taken_effect(error):
                 if error.status_code in (400, 404, 422):
                     raise AirflowFailException(str(error)) from error
                 raise
             self.log.warning("Creating the task may or may not have worked (%s); looking for it.", error)
-            found = [t for t in self.hook.list_tasks() if t.get("metadata") == body["metadata"]]
-            if not found:
+            for wait in RECONCILE_WAITS:
+                time.sleep(wait)
+                found = [t for t in self.hook.list_tasks() if t.get("metadata") == body["metadata"]]
+                if found:
+                    created = found[0]
+                    break
+            else:
                 raise
-            created = found[0]
         self.log.info("Started Browser Use task %s in session %s.", created["id"], created["sessionId"])
         return str(created["id"]), str(created["sessionId"])
 

@@ -127,7 +127,8 @@ class Fault(BaseModel):
     :param times: how many matching requests get the fault.
     :param status: answer with this status and ``{"detail": ...}``.
     :param retry_after: with ``status``, a ``Retry-After`` header in seconds.
-    :param latency: seconds to wait before answering.
+    :param latency: seconds to wait before handling the request (with ``after_handling``: after
+        handling it, before answering: it took effect but the answer comes late).
     :param drop: close the connection in the middle of the answer.
     :param malformed: answer 200 with a body that is not JSON.
     :param after_handling: let the emulator handle the request first (a create creates), then
@@ -399,25 +400,32 @@ class _Front:
 
     async def _api(self, scope: Scope, receive: Receive, send: Send, method: str, path: str) -> None:
         fault = self.emulator._take_fault(method, path)
-        if fault is not None and fault.latency:
-            await asyncio.sleep(fault.latency)
-        if fault is not None and fault.replaces_answer and not fault.after_handling:
-            await _answer_with_fault(fault, send)
-            return
+        if fault is not None and not fault.after_handling:
+            if fault.latency:
+                await asyncio.sleep(fault.latency)
+            if fault.replaces_answer:
+                await _answer_with_fault(fault, send)
+                return
         key = dict(scope["headers"]).get(API_KEY_HEADER, b"").decode("latin-1")
         if key != self.emulator.state.api_key:
-            body = b'{"detail":"Invalid or missing API key"}'
-            await _send_raw(send, 401, body)
+            await _send_raw(send, 401, b'{"detail":"Invalid or missing API key"}')
             return
-        if fault is not None and fault.replaces_answer:
+        if fault is None or not fault.after_handling:
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []  # the request takes effect now; its answer comes late, or broken
 
-            async def swallow(message: Message) -> None:
-                return None
+        async def hold(message: Message) -> None:
+            held.append(message)
 
-            await self.app(scope, receive, swallow)
+        await self.app(scope, receive, hold)
+        if fault.latency:
+            await asyncio.sleep(fault.latency)
+        if fault.replaces_answer:
             await _answer_with_fault(fault, send)
             return
-        await self.app(scope, receive, send)
+        for message in held:
+            await send(message)
 
 
 async def _send_raw(

@@ -1,0 +1,261 @@
+"""The fault matrix: every call the operators make, under every fault, in sync and deferrable mode.
+
+Each case injects one fault into the first matching request and runs the operator flow that
+makes the call (with the teardown a DAG would run). The expected outcome is asserted: either it
+recovered, with the expected number of attempts, or it failed cleanly (an Airflow error with a
+message, no retry storm). Creates are never duplicated and no session is left active. The
+matrix is printed as a table (run with -s to see it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import requests
+from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+from airflow_provider_browseruse._compat import AirflowException
+from airflow_provider_browseruse._retry import RetryPolicy
+from airflow_provider_browseruse.hooks import browser_use as hooks
+from airflow_provider_browseruse.operators.browser_use import (
+    CreateSessionOperator,
+    RunTaskOperator,
+    StopSessionOperator,
+    StopTaskOperator,
+)
+from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor
+from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
+
+try:
+    from airflow.sdk.exceptions import TaskDeferred
+except ImportError:  # Airflow 3.1
+    from airflow.exceptions import TaskDeferred  # type: ignore[no-redef,attr-defined]
+
+pytestmark = pytest.mark.dag  # slow-ish: about a minute
+
+ID = r"[0-9a-f-]{36}"
+CALLS = {  # call -> (method, path regex below /api/v2)
+    "create session": ("POST", "/sessions"),
+    "create task": ("POST", "/tasks"),
+    "task status": ("GET", rf"/tasks/{ID}/status"),
+    "get task": ("GET", rf"/tasks/{ID}"),
+    "get session": ("GET", rf"/sessions/{ID}"),
+    "stop task": ("PATCH", rf"/tasks/{ID}"),
+    "stop session": ("PATCH", rf"/sessions/{ID}"),
+}
+FAULTS = {  # fault -> emulator fault fields (None: connection refused, simulated in the client transport)
+    "refused": None,
+    "dropped": {"drop": True, "after_handling": True},
+    "read timeout": {"latency": 1.0, "after_handling": True},  # it took effect; the answer came too late
+    "429 + Retry-After": {"status": 429, "retry_after": 1},
+    "429": {"status": 429},
+    "500": {"status": 500},
+    "502": {"status": 502},
+    "503": {"status": 503},
+    "malformed JSON": {"malformed": True, "after_handling": True},
+    "401": {"status": 401},
+    "404": {"status": 404},
+    "422": {"status": 422},
+}
+FINAL = {"401", "404", "422"}
+TRANSIENT_BEFORE_HANDLING = {"500", "502", "503"}  # a gateway error: the request never took effect
+RESULTS: list[dict[str, Any]] = []
+
+
+class TI:
+    def __init__(self) -> None:
+        self.xcom: dict[str, Any] = {}
+        self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number, self.start_date = (
+            "fm",
+            "r",
+            "t",
+            -1,
+            1,
+            None,
+        )
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = json.loads(json.dumps(value))
+
+    def xcom_pull(self, task_ids: str, key: str) -> Any:
+        return self.xcom.get(key)
+
+
+def run_op(op: Any, ti: TI) -> Any:
+    """Execute; when it defers, run its trigger inline (as the triggerer would) and resume."""
+    import asyncio
+
+    context: dict[str, Any] = {"ti": ti}
+    try:
+        if hasattr(op, "poke") and not op.deferrable:
+            deadline = time.monotonic() + 20
+            while not (result := op.poke(context)).is_done:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            return result.xcom_value
+        return op.execute(context)
+    except TaskDeferred as deferred:
+        trigger, method_name = deferred.trigger, deferred.method_name
+
+        async def first() -> Any:
+            async for event in trigger.run():
+                return event.payload
+
+        return getattr(op, method_name)(context, asyncio.run(first()))
+
+
+@contextlib.contextmanager
+def refused_once(method: str, path: str) -> Iterator[None]:
+    """Fail the first matching request the way requests and httpx fail on ECONNREFUSED."""
+    left = {"n": 1}
+    real_send = requests.adapters.HTTPAdapter.send
+    real_async = httpx.AsyncClient.send
+
+    def matches(request_method: str, url: str) -> bool:
+        below = url.split("/api/v2", 1)[-1].split("?")[0]
+        if left["n"] and request_method == method and re.fullmatch(path, below):
+            left["n"] -= 1
+            return True
+        return False
+
+    def send(self: Any, request: Any, **kwargs: Any) -> Any:
+        if matches(request.method, request.url):
+            raise requests.ConnectionError(MaxRetryError(None, request.url, NewConnectionError(None, "refused")))  # type: ignore[arg-type]
+        return real_send(self, request, **kwargs)
+
+    async def send_async(self: Any, request: Any, **kwargs: Any) -> Any:
+        if matches(request.method, str(request.url)):
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        return await real_async(self, request, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(requests.adapters.HTTPAdapter, "send", send)
+        patch.setattr(httpx.AsyncClient, "send", send_async)
+        yield
+
+
+def flow(call: str, deferrable: bool, emulator: BrowserUseEmulator) -> tuple[Any, TI, list[Any]]:
+    """The operator that makes ``call``, ready to run, plus what a DAG's teardown would run."""
+    ti = TI()
+    state = emulator.state
+    if call == "create session":
+        return CreateSessionOperator(task_id="create", keep_alive=True), ti, ["session"]
+    if call in ("create task", "task status", "get task"):
+        return RunTaskOperator(task_id="run", task="fault job", poll_interval=0.1, deferrable=deferrable), ti, []
+    if call == "get session":
+        created = state.create_task({"task": "fault job"})  # a one-off session, closing with its task
+        op = SessionStoppedSensor(
+            task_id="s", session_id=created["sessionId"], poke_interval=0.1, deferrable=deferrable
+        )
+        return op, ti, []
+    if call == "stop task":
+        created = state.create_task({"task": "fault job long"})
+        return StopTaskOperator(task_id="st", browser_use_task_id=created["id"], stop_session=True), ti, []
+    session = state.create_session({"keepAlive": True})
+    state.create_task({"task": "fault job long", "sessionId": session["id"]})
+    return StopSessionOperator(task_id="ss", session_id=session["id"], deferrable=deferrable), ti, []
+
+
+def expected(call: str, fault: str) -> str:
+    if fault in FINAL:
+        return "failed cleanly"
+    if call in ("create task", "create session") and fault in TRANSIENT_BEFORE_HANDLING:
+        return "failed cleanly"  # never resent; nothing was created, so nothing is found either
+    return "recovered"
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        hooks, "RetryPolicy", lambda: RetryPolicy(max_attempts=4, initial_wait=0.05, max_wait=0.1, max_total=20)
+    )
+    monkeypatch.setattr(hooks, "DEFAULT_TIMEOUT", 0.5)
+
+
+@pytest.mark.parametrize("mode", ["sync", "deferrable"])
+@pytest.mark.parametrize("fault", list(FAULTS))
+@pytest.mark.parametrize("call", list(CALLS))
+def test_fault_matrix(emulator: BrowserUseEmulator, fast_retries: None, call: str, fault: str, mode: str) -> None:
+    emulator.state.scenario = Scenario().add("fault job long", duration=60).add("fault job", duration=0.4, output="ok")
+    emulator.state.retry_after = 1
+    method, path = CALLS[call]
+    op, ti, teardown = flow(call, mode == "deferrable", emulator)
+    before = len(emulator.requests(method, path))
+    spec = FAULTS[fault]
+    if spec is not None:
+        emulator.add_fault(method=method, path=path, **spec)
+    outcome, message = "recovered", ""
+    with refused_once(method, path) if spec is None else contextlib.nullcontext():
+        try:
+            run_op(op, ti)
+        except AirflowException as error:  # BrowserUseAPIError is one too
+            outcome, message = "failed cleanly", str(error)
+    if "session" in teardown and ti.xcom.get("session_id"):
+        run_op(StopSessionOperator(task_id="teardown", session_id=ti.xcom["session_id"], missing_ok=True), TI())
+    time.sleep(1.1 if fault == "read timeout" else 0)  # let a request the client gave up on land
+    attempts = len(emulator.requests(method, path)) - before
+    created = Counter(
+        ("task" if r.path == "/tasks" else "session") for r in emulator.requests("POST", "/(tasks|sessions)")
+    )
+    if call in ("create task", "task status", "get task"):
+        duplicates = max(0, len(emulator.state.tasks) - 1)
+    elif call == "create session":
+        duplicates = max(0, len(emulator.state.sessions) - 1)
+    else:
+        duplicates = 0
+    wait_for_idle(emulator)
+    leaked = emulator.active_session_count()
+    RESULTS.append(
+        {
+            "call": call,
+            "fault": fault,
+            "mode": mode,
+            "outcome": outcome,
+            "attempts": attempts,
+            "duplicates": duplicates,
+            "leaked": leaked,
+        }
+    )
+    assert outcome == expected(call, fault), message
+    if outcome == "failed cleanly":
+        assert message.startswith(("Browser Use", "Waiting for Browser Use")) or "Browser Use" in message, message
+        assert attempts <= 4  # bounded: no retry storm
+    if fault in FINAL:
+        assert attempts == 1  # a final answer is not retried
+    assert duplicates == 0, created
+    # Only when the stop call itself gets a final refusal (a bad key, say) does the browser stay up:
+    # the operator then fails with the API's reason, and nothing else could stop it either.
+    assert leaked == (1 if call.startswith("stop") and fault in FINAL else 0)
+
+
+def wait_for_idle(emulator: BrowserUseEmulator) -> None:
+    """One-off sessions close when their task ends; give a short task the time to end."""
+    deadline = time.monotonic() + 3
+    while emulator.active_session_count() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_print_the_matrix() -> None:
+    """Runs last in this module: prints the table of the cases above."""
+    if not RESULTS:
+        pytest.skip("run together with test_fault_matrix")
+    lines = [f"{'call':<14} {'fault':<18} {'mode':<10} {'outcome':<15} {'attempts':>8} {'dup':>4} {'leaked':>6}"]
+    lines += [
+        f"{r['call']:<14} {r['fault']:<18} {r['mode']:<10} {r['outcome']:<15} {r['attempts']:>8} {r['duplicates']:>4} {r['leaked']:>6}"
+        for r in RESULTS
+    ]
+    totals = Counter(r["outcome"] for r in RESULTS)
+    lines.append(
+        f"cases {len(RESULTS)}, recovered {totals['recovered']}, failed cleanly {totals['failed cleanly']}, "
+        f"duplicates {sum(r['duplicates'] for r in RESULTS)}, leaked sessions {sum(r['leaked'] for r in RESULTS)}"
+    )
+    print("\n" + "\n".join(lines))
+    assert len(RESULTS) == len(CALLS) * len(FAULTS) * 2

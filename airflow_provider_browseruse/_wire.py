@@ -65,6 +65,13 @@ def parse_timestamp(value: Any) -> float | None:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp()
 
 
+def format_timestamp(epoch: float) -> str:
+    """Epoch seconds as the API writes timestamps (ISO 8601, UTC)."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def session_path(session_id: str) -> str:
     return f"{SESSIONS_PATH}/{session_id}"
 

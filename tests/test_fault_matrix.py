@@ -243,8 +243,8 @@ def wait_for_idle(emulator: BrowserUseEmulator) -> None:
         time.sleep(0.05)
 
 
-def test_print_the_matrix() -> None:
-    """Runs last in this module: prints the table of the cases above."""
+def test_print_the_matrix(capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs last in this module: prints the table of the cases above (into the CI log too)."""
     if not RESULTS:
         pytest.skip("run together with test_fault_matrix")
     lines = [f"{'call':<14} {'fault':<18} {'mode':<10} {'outcome':<15} {'attempts':>8} {'dup':>4} {'leaked':>6}"]
@@ -257,5 +257,6 @@ def test_print_the_matrix() -> None:
         f"cases {len(RESULTS)}, recovered {totals['recovered']}, failed cleanly {totals['failed cleanly']}, "
         f"duplicates {sum(r['duplicates'] for r in RESULTS)}, leaked sessions {sum(r['leaked'] for r in RESULTS)}"
     )
-    print("\n" + "\n".join(lines))
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
     assert len(RESULTS) == len(CALLS) * len(FAULTS) * 2

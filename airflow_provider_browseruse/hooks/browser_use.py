@@ -435,10 +435,17 @@ class BrowserUseHook(BaseHook):
         return _wire.session_ui_url(self.settings.ui_base_url, _wire.require_uuid(session_id, "session_id"))
 
     def list_tasks(
-        self, *, session_id: str | None = None, status: str | _wire.TaskStatus | None = None
+        self,
+        *,
+        session_id: str | None = None,
+        status: str | _wire.TaskStatus | None = None,
+        after: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Every task (TaskItemView), following all pages, optionally of one session or status."""
+        """Every task (TaskItemView), following all pages, optionally of one session or status,
+        or created after ``after`` (epoch seconds)."""
         params: dict[str, Any] = {"pageSize": _wire.MAX_PAGE_SIZE}
+        if after is not None:
+            params["after"] = _wire.format_timestamp(after)
         if session_id is not None:
             params["sessionId"] = _wire.require_uuid(session_id, "session_id")
         if status is not None:

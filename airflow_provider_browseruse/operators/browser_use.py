@@ -562,7 +562,8 @@ class RunTaskOperator(BrowserUseBaseOperator):
             raise AirflowFailException(f"task rendered to an empty prompt: {self.task!r}")
         tags = self._tags(context)
         body = self._request(context, tags)
-        task_id, session_id = self._start(body, tags)
+        run_started = getattr(context.get("dag_run"), "start_date", None)
+        task_id, session_id = self._start(body, tags, run_started.timestamp() if run_started else None)
         self._remote = (task_id, not self.session_id)
         context["ti"].xcom_push(key=TASK_ID_KEY, value=task_id)
         self.push_session(context, session_id)
@@ -631,16 +632,20 @@ class RunTaskOperator(BrowserUseBaseOperator):
         )
         return output
 
-    def _start(self, body: dict[str, Any], tags: Mapping[str, str]) -> tuple[str, str]:
-        """Find this task instance's remote task from an earlier try, or create one."""
+    def _start(self, body: dict[str, Any], tags: Mapping[str, str], since: float | None = None) -> tuple[str, str]:
+        """Find this task instance's remote task from an earlier try, or create one.
+
+        :param since: when the DAG run started (epoch seconds): no earlier task can be older.
+        """
         from airflow_provider_browseruse.exceptions import BrowserUseAPIError
 
         if int(tags[_wire.TAG_TRY]) > 1:
-            earlier = self._earlier_task(tags)
+            earlier = self._earlier_task(tags, since)
             if earlier is not None:
                 return earlier
         from airflow_provider_browseruse._retry import RECONCILE_WAITS, may_have_taken_effect
 
+        asked_at = time.time()
         try:
             created = self.hook.create_task(body)
         except BrowserUseAPIError as error:
@@ -651,7 +656,8 @@ class RunTaskOperator(BrowserUseBaseOperator):
             self.log.warning("Creating the task may or may not have worked (%s); looking for it.", error)
             for wait in RECONCILE_WAITS:
                 time.sleep(wait)
-                found = [t for t in self.hook.list_tasks() if t.get("metadata") == body["metadata"]]
+                recent = self.hook.list_tasks(after=asked_at - 300)  # clocks differ; a few minutes is plenty
+                found = [t for t in recent if t.get("metadata") == body["metadata"]]
                 if found:
                     created = found[0]
                     break
@@ -660,8 +666,9 @@ class RunTaskOperator(BrowserUseBaseOperator):
         self.log.info("Started Browser Use task %s in session %s.", created["id"], created["sessionId"])
         return str(created["id"]), str(created["sessionId"])
 
-    def _earlier_task(self, tags: Mapping[str, str]) -> tuple[str, str] | None:
-        for task in self.hook.list_tasks():  # newest first
+    def _earlier_task(self, tags: Mapping[str, str], since: float | None) -> tuple[str, str] | None:
+        recent = self.hook.list_tasks(after=since - 300 if since is not None else None)
+        for task in recent:  # newest first
             if not _wire.is_tagged_for(task, tags):
                 continue
             status = _wire.task_status(task)

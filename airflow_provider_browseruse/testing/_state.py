@@ -201,11 +201,9 @@ class EmulatorState:
 
     def list_sessions(self, status: str | None) -> list[dict[str, Any]]:
         with self.lock:
-            now = self.clock()
             views = [
                 self.session_item_view(s) for s in sorted(self.sessions.values(), key=lambda s: s.created, reverse=True)
             ]
-            _ = now
             return [v for v in views if status is None or v["status"] == status]
 
     def share(self, session_id: str, *, create: bool) -> dict[str, Any]:

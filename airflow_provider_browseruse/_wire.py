@@ -198,6 +198,15 @@ class SuccessPolicy(str, Enum):
     LENIENT = "lenient"
 
 
+def success_policy(value: Any) -> SuccessPolicy:
+    """A ``success_policy`` parameter as the enum, or ValueError naming the choices."""
+    try:
+        return SuccessPolicy(value)
+    except ValueError:
+        choices = ", ".join(repr(p.value) for p in SuccessPolicy)
+        raise ValueError(f"success_policy must be one of {choices}, got {value!r}") from None
+
+
 def task_failure(view: Mapping[str, Any], policy: SuccessPolicy) -> str | None:
     """Why an ended task does not count as a success under ``policy``, or None when it does."""
     status = task_status(view)

@@ -339,3 +339,21 @@ def test_retry_policy_rejects_nonsense() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(ValueError, match="timeout must be a positive number"):
         BrowserUseHook(timeout=0)
+
+
+def test_download_retries_without_rewinding_the_destination(hook: BrowserUseHook, requests_mock: rm.Mocker) -> None:
+    class WriteOnly:  # like an S3 upload stream: no seek, no truncate
+        def __init__(self) -> None:
+            self.data = b""
+
+        def write(self, chunk: bytes) -> int:
+            self.data += chunk
+            return len(chunk)
+
+    url = "https://files.example.com/out.csv?X-Signature=secret"
+    requests_mock.get(url, [{"exc": requests.exceptions.ChunkedEncodingError}, {"content": b"a,b\n1,2\n"}])
+    destination = WriteOnly()
+    assert hook.download(url, destination) == 8  # type: ignore[arg-type]
+    assert destination.data == b"a,b\n1,2\n"
+    assert requests_mock.call_count == 2
+    assert "X-Browser-Use-API-Key" not in requests_mock.last_request.headers  # a presigned URL gets no key

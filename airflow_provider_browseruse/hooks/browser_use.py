@@ -403,32 +403,39 @@ class BrowserUseHook(BaseHook):
         """Stream a presigned URL into ``destination``; returns the bytes written.
 
         The API key is not sent: a presigned URL carries its own grant, often to another host.
+        Each attempt goes to a local spool, copied to ``destination`` once it is complete, so a
+        retry never needs to rewind a destination that cannot seek (an S3 or GCS upload).
         """
+        import shutil
+        import tempfile
+
         import requests
 
-        def attempt() -> int:
-            destination.seek(0)
-            destination.truncate()
+        def attempt() -> tempfile.SpooledTemporaryFile[bytes]:
+            spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115 (returned open)
             try:
                 with requests.get(url, stream=True, timeout=self.timeout, headers={"User-Agent": USER_AGENT}) as answer:
                     if answer.status_code >= 400:
                         raise api_error(
-                            call,
-                            self.browser_use_conn_id,
-                            status_code=answer.status_code,
-                            body=answer.text[:200],
+                            call, self.browser_use_conn_id, status_code=answer.status_code, body=answer.text[:200]
                         )
-                    written = 0
                     for chunk in answer.iter_content(chunk_size=1 << 16):
-                        destination.write(chunk)
-                        written += len(chunk)
-                    return written
+                        spool.write(chunk)
             except requests.RequestException as error:  # the URL is in the message: keep it out
+                spool.close()
                 raise api_error(
                     call, self.browser_use_conn_id, kind="interrupted", reason=type(error).__name__
                 ) from None
+            except BaseException:
+                spool.close()
+                raise
+            return spool
 
-        return self._retrying(True)(attempt)
+        with self._retrying(True)(attempt) as spool:
+            size = spool.tell()
+            spool.seek(0)
+            shutil.copyfileobj(spool, destination)
+        return size
 
     def session_ui_url(self, session_id: str) -> str:
         """The session's page in the Browser Use web app (from the connection's ``ui_base_url``)."""

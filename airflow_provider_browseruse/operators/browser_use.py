@@ -467,11 +467,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
         check_id_if_known(session_id, "session_id")
         check_positive(poll_interval, "poll_interval")
         check_positive(timeout, "timeout")
-        try:
-            self.success_policy = _wire.SuccessPolicy(success_policy)
-        except ValueError:
-            choices = ", ".join(repr(p.value) for p in _wire.SuccessPolicy)
-            raise ValueError(f"success_policy must be one of {choices}, got {success_policy!r}") from None
+        self.success_policy = _wire.success_policy(success_policy)
         if self.success_policy is _wire.SuccessPolicy.JUDGE and not judge:
             raise ValueError("success_policy='judge' needs judge=True: without the judge there is no verdict")
         if metadata is not None and len(metadata) > _wire.MAX_METADATA_PAIRS - 5:

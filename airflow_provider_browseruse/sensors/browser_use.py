@@ -165,7 +165,7 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
         check_id_if_known(browser_use_task_id, "browser_use_task_id")
         schema_of(structured_output)
         self.browser_use_task_id = browser_use_task_id
-        self.success_policy = _wire.SuccessPolicy(success_policy)
+        self.success_policy = _wire.success_policy(success_policy)
         self.structured_output = structured_output
         self.output_files_path = output_files_path
 

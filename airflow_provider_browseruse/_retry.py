@@ -11,9 +11,10 @@ Other 4xx answers are final: resending the same request cannot change them.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import tenacity
 
@@ -27,14 +28,32 @@ def may_have_taken_effect(error: BaseException) -> bool:
 
     Such a call is never resent; the caller looks for what it may have created instead.
     """
-    if not isinstance(error, BrowserUseAPIError) or error.kind == "unreachable" or error.status_code == 429:
+    if not isinstance(error, BrowserUseAPIError) or error.kind == "unreachable" or error.http_status == 429:
         return False
-    return error.kind in ("interrupted", "malformed") or (error.status_code or 0) >= 500
+    return error.kind in ("interrupted", "malformed") or (error.http_status or 0) >= 500
 
 
 #: Seconds to wait before each look for what an ambiguous create may have made (it may still be
 #: in flight on the server when the client gives up).
 RECONCILE_WAITS = (0.0, 1.0, 2.0)
+#: How far back to list when looking for what this worker created: the API's clock and the
+#: worker's may differ, and a few minutes is plenty.
+LISTING_CLOCK_SKEW = 300.0
+
+T = TypeVar("T")
+
+
+def look_again(look: Callable[[], T | None]) -> T | None:
+    """Call ``look`` after each of :data:`RECONCILE_WAITS` until it finds something.
+
+    :return: what ``look`` found, or None when it found nothing every time.
+    """
+    for wait in RECONCILE_WAITS:
+        time.sleep(wait)
+        found = look()
+        if found is not None:
+            return found
+    return None
 
 
 @dataclass(frozen=True)
@@ -67,11 +86,11 @@ class RetryPolicy:
         """
         if not isinstance(error, BrowserUseAPIError):
             return False
-        if error.kind == "unreachable" or error.status_code == 429:
+        if error.kind == "unreachable" or error.http_status == 429:
             return True
         if error.kind in ("interrupted", "malformed"):
             return resend_safe
-        return resend_safe and error.status_code in RETRYABLE_STATUSES
+        return resend_safe and error.http_status in RETRYABLE_STATUSES
 
     def wait_seconds(self, attempt: int, error: BaseException | None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (from 1).

@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import Any
+
+import jsonschema
 
 DEFAULT_BASE_URL = "https://api.browser-use.com/api/v2"
 DEFAULT_UI_BASE_URL = "https://cloud.browser-use.com"
@@ -54,8 +57,6 @@ TASKS_PATH = "/tasks"
 
 def parse_timestamp(value: Any) -> float | None:
     """An API timestamp (ISO 8601, UTC, with or without ``Z``) as epoch seconds, or None."""
-    from datetime import datetime, timezone
-
     if not isinstance(value, str) or not value:
         return None
     try:
@@ -67,8 +68,6 @@ def parse_timestamp(value: Any) -> float | None:
 
 def format_timestamp(epoch: float) -> str:
     """Epoch seconds as the API writes timestamps (ISO 8601, UTC)."""
-    from datetime import datetime, timezone
-
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -117,13 +116,13 @@ def session_status(view: Mapping[str, Any]) -> SessionStatus | None:
         return None
 
 
-def task_status(view: Mapping[str, Any]) -> TaskStatus | None:
-    """The task's status, or None when the API sent one this version does not know.
+def task_status(view: Mapping[str, Any], field: str = "status") -> TaskStatus | None:
+    """The task's status (read from ``field``), or None when it is one this version does not know.
 
     An unknown status is never terminal: older and newer API versions have had others.
     """
     try:
-        return TaskStatus(view.get("status"))
+        return TaskStatus(view.get(field))
     except ValueError:
         return None
 
@@ -245,8 +244,6 @@ def parse_output(output: str | None, schema: Mapping[str, Any] | None) -> Any:
         value = json.loads(output)
     except ValueError as error:
         raise ValueError(f"the task's output is not valid JSON ({error}): {output[:200]!r}") from error
-    import jsonschema  # only on the execution path: DAG parsing never needs it
-
     try:
         jsonschema.validate(value, dict(schema))
     except jsonschema.ValidationError as error:
@@ -259,8 +256,6 @@ def parse_output(output: str | None, schema: Mapping[str, Any] | None) -> Any:
 
 def check_json_schema(schema: Mapping[str, Any], parameter: str) -> None:
     """Raise ValueError naming ``parameter`` when ``schema`` is not a valid JSON Schema."""
-    import jsonschema
-
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as error:
@@ -268,20 +263,20 @@ def check_json_schema(schema: Mapping[str, Any], parameter: str) -> None:
 
 
 #: Metadata keys with which the provider tags the tasks it starts, to find them again.
-TAG_DAG_ID, TAG_RUN_ID, TAG_TASK_ID, TAG_MAP_INDEX, TAG_TRY = (
-    "airflow_dag_id",
-    "airflow_run_id",
-    "airflow_task_id",
-    "airflow_map_index",
-    "airflow_try",
-)
+TAG_DAG_ID = "airflow_dag_id"
+TAG_RUN_ID = "airflow_run_id"
+TAG_TASK_ID = "airflow_task_id"
+TAG_MAP_INDEX = "airflow_map_index"
+TAG_TRY = "airflow_try"
+#: The tags that name one Airflow task instance across its tries.
+INSTANCE_TAGS = (TAG_DAG_ID, TAG_RUN_ID, TAG_TASK_ID, TAG_MAP_INDEX)
 MAX_METADATA_PAIRS = 10
 
 
 def is_tagged_for(task: Mapping[str, Any], tags: Mapping[str, str]) -> bool:
-    """Whether a listed task carries the same Airflow task-instance tags (any try)."""
+    """Whether a listed task carries every one of ``tags`` in its metadata."""
     metadata = task.get("metadata") or {}
-    return all(metadata.get(key) == tags[key] for key in (TAG_DAG_ID, TAG_RUN_ID, TAG_TASK_ID, TAG_MAP_INDEX))
+    return all(metadata.get(key) == value for key, value in tags.items())
 
 
 def session_ui_url(ui_base_url: str, session_id: str) -> str:

@@ -11,36 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import time
 
 import requests
 
+from airflow_provider_browseruse.testing import EmulatorProcess
+
 KEY = "bu_bench_key"
-
-
-def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_browseruse.testing.emulator", "--port", str(port), "--api-key", KEY,
-         "--task-duration", "3600"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/api/v2"
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            requests.get(f"{base}/billing/account", headers={"X-Browser-Use-API-Key": KEY}, timeout=1)
-            return process, base
-        except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -120,13 +99,9 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--calls", type=int, default=2000)
     args = parser.parse_args()
-    process, base = start_emulator()
-    try:
-        times = sequential_latency(base, args.calls)
-        load = asyncio.run(pollers(base, args.pollers, args.seconds, args.interval))
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with EmulatorProcess(KEY, task_duration=3600) as emulator:
+        times = sequential_latency(emulator.base_url, args.calls)
+        load = asyncio.run(pollers(emulator.base_url, args.pollers, args.seconds, args.interval))
     figures = {
         "sequential_get_session_median_ms": statistics.median(times) * 1000,
         "sequential_get_session_p99_ms": percentile(times, 0.99) * 1000,

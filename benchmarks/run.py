@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,42 +47,6 @@ def child_env() -> dict[str, str]:
     env = {**os.environ, "AIRFLOW_HOME": home, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure imports as installed: from bytecode, not source
     return env
-
-
-def start_emulator(env: dict[str, str], scenario: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "airflow_provider_browseruse.testing.emulator",
-        "--port",
-        str(port),
-        "--api-key",
-        KEY,
-    ]
-    if scenario is not None:
-        command += ["--scenario", str(scenario)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process, f"http://127.0.0.1:{port}/api/v2"
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def admin(base_url: str, path: str, body: Any = None) -> Any:
-    import requests
-
-    root = base_url.removesuffix("/api/v2") + "/_emulator/" + path
-    answer = requests.post(root, json=body, timeout=60) if body is not None else requests.get(root, timeout=60)
-    answer.raise_for_status()
-    return answer.json() if answer.content else None
 
 
 # --- 1. import cost ----------------------------------------------------------------------------
@@ -111,11 +74,11 @@ def import_cost(runs: int) -> dict[str, Any]:
 def per_call(calls: int) -> dict[str, Any]:
     import requests
 
-    env = child_env()
-    emulator, base_url = start_emulator(env)
-    os.environ["AIRFLOW_CONN_BROWSER_USE_DEFAULT"] = json.dumps(
-        {"conn_type": "browser_use", "host": base_url, "password": KEY}
-    )
+    from airflow_provider_browseruse.testing import EmulatorProcess
+
+    emulator = EmulatorProcess(KEY, env=child_env()).start()
+    base_url = emulator.base_url
+    os.environ["AIRFLOW_CONN_BROWSER_USE_DEFAULT"] = emulator.airflow_connection()
     host, port = base_url.split("//")[1].split("/")[0].split(":")
     os.environ["AIRFLOW_CONN_HTTP_BENCH"] = json.dumps(
         {
@@ -161,8 +124,7 @@ def per_call(calls: int) -> dict[str, Any]:
         n = max(1, calls // block) * block
         hook.stop_session(session_id)
     finally:
-        emulator.terminate()
-        emulator.wait(timeout=10)
+        emulator.stop()
     return {
         "per_call_ms_hook": totals["hook"] / n * 1000,
         "per_call_ms_bare_requests": totals["bare"] / n * 1000,
@@ -321,6 +283,8 @@ STEPS = 20  # task lifetimes: STEPS groups, ending evenly over the spread
 
 
 def trigger_scale(count: int, spread: float) -> dict[str, Any]:
+    from airflow_provider_browseruse.testing import EmulatorProcess
+
     env = child_env()
     rules = [
         {"match": f"[end {n:02d}]", "duration": spread * (n + 1) / STEPS, "start_delay": 0, "output": "ok"}
@@ -330,10 +294,9 @@ def trigger_scale(count: int, spread: float) -> dict[str, Any]:
     scenario.write_text(json.dumps({"rules": rules}))
     results: dict[str, Any] = {"trigger_count": count, "trigger_spread_seconds": spread}
     for kind in ("ours", "baseline"):
-        emulator, base_url = start_emulator(env, scenario)
-        try:
+        with EmulatorProcess(KEY, scenario=scenario, env=env) as emulator:
             out = subprocess.run(
-                [sys.executable, __file__, "--trigger-child", kind, base_url, str(count)],
+                [sys.executable, __file__, "--trigger-child", kind, emulator.base_url, str(count)],
                 env={**env, "PYTHONPATH": str(ROOT)},
                 capture_output=True,
                 text=True,
@@ -342,14 +305,11 @@ def trigger_scale(count: int, spread: float) -> dict[str, Any]:
             if line is None:
                 raise RuntimeError(f"trigger child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
             figures = json.loads(line[len("RESULT ") :])
-            polls = [r for r in admin(base_url, "requests") if r["path"].endswith("/status")]
+            polls = [r for r in emulator.admin("requests") if r["path"].endswith("/status")]
             figures["polls"] = len(polls)
             figures["tcp_connections"] = len({r["client_port"] for r in polls})
             figures["cpu_seconds_per_1000_polls"] = figures["cpu_seconds"] / max(1, len(polls)) * 1000
             results.update({f"trigger_{kind}_{k}": v for k, v in figures.items()})
-        finally:
-            emulator.terminate()
-            emulator.wait(timeout=10)
     return results
 
 

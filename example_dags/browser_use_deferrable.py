@@ -5,14 +5,10 @@ hold no worker slot. The same operators and sensors as the other examples, with 
 
 from __future__ import annotations
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, XComArg
 
-from airflow_provider_browseruse.operators.browser_use import (
-    CreateSessionOperator,
-    RunTaskOperator,
-    StopSessionOperator,
-)
-from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor, TaskCompletedSensor
+from airflow_provider_browseruse.operators import CreateSessionOperator, RunTaskOperator, StopSessionOperator
+from airflow_provider_browseruse.sensors import SessionStoppedSensor, TaskCompletedSensor
 
 with DAG(
     dag_id="browser_use_deferrable",
@@ -40,7 +36,7 @@ with DAG(
     )
     closed = SessionStoppedSensor(
         task_id="wait_one_off_session",
-        session_id="{{ ti.xcom_pull(task_ids='start_one_off', key='session_id') }}",
+        session_id=XComArg(start, key="session_id"),
         poke_interval=2,
         timeout=600,
         deferrable=True,

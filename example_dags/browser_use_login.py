@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG
 
-from airflow_provider_browseruse.operators.browser_use import RunTaskOperator
+from airflow_provider_browseruse.operators import RunTaskOperator
 
 with DAG(
     dag_id="browser_use_login",

@@ -10,8 +10,8 @@ from typing import Any
 
 from airflow.sdk import DAG, XComArg, task
 
-from airflow_provider_browseruse.operators.browser_use import RunTaskOperator, StopTaskOperator
-from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor, TaskCompletedSensor
+from airflow_provider_browseruse.operators import RunTaskOperator, StopTaskOperator
+from airflow_provider_browseruse.sensors import SessionStoppedSensor, TaskCompletedSensor
 
 with DAG(
     dag_id="browser_use_one_off",
@@ -29,7 +29,7 @@ with DAG(
     done = TaskCompletedSensor(task_id="wait_for_task", browser_use_task_id=start.output, poke_interval=1, timeout=600)
     closed = SessionStoppedSensor(
         task_id="wait_for_session",
-        session_id="{{ ti.xcom_pull(task_ids='start_task', key='session_id') }}",
+        session_id=XComArg(start, key="session_id"),
         poke_interval=1,
         timeout=300,
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
-from airflow_provider_browseruse.operators.browser_use import (
+from airflow_provider_browseruse.operators import (
     CreateSessionOperator,
     RunTaskOperator,
     StopSessionOperator,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from airflow.sdk import DAG, Param, task
 
-from airflow_provider_browseruse.operators.browser_use import (
+from airflow_provider_browseruse.operators import (
     CreateSessionOperator,
     RunTaskOperator,
     StopSessionOperator,

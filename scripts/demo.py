@@ -9,53 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
+
+from airflow_provider_browseruse.testing import EmulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
 DAG_ID = "browser_use_scrape"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_emulator(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "airflow_provider_browseruse.testing.emulator",
-            "--port", str(port), "--api-key", "bu_demo_emulator_key",
-            "--scenario", str(ROOT / "scripts" / "demo-scenario.json"),
-        ],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    base_url = line.rsplit(" ", 1)[-1]
-    deadline = time.monotonic() + 15
-    while True:  # ready when the port accepts connections
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process, base_url
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the emulator did not start: {line}") from None
-            time.sleep(0.05)
-
-
-def active_sessions(base_url: str) -> int:
-    root = base_url.removesuffix("/api/v2")
-    with urllib.request.urlopen(f"{root}/_emulator/state", timeout=5) as answer:
-        return int(json.load(answer)["activeSessionCount"])
 
 
 def results(database: Path) -> tuple[dict[str, str], dict[tuple[str, str], object]]:
@@ -86,11 +49,10 @@ def main() -> int:
         target = "the Browser Use API (BROWSER_USE_API_KEY is set)"
         env["AIRFLOW_CONN_BROWSER_USE_DEFAULT"] = json.dumps({"conn_type": "browser_use", "password": api_key})
     else:
-        emulator, base_url = start_emulator(env)
-        target = f"the local emulator at {base_url}"
-        env["AIRFLOW_CONN_BROWSER_USE_DEFAULT"] = json.dumps(
-            {"conn_type": "browser_use", "host": base_url, "password": "bu_demo_emulator_key"}
-        )
+        scenario = ROOT / "scripts" / "demo-scenario.json"
+        emulator = EmulatorProcess("bu_demo_emulator_key", scenario=scenario, env=env).start()
+        target = f"the local emulator at {emulator.base_url}"
+        env["AIRFLOW_CONN_BROWSER_USE_DEFAULT"] = emulator.airflow_connection()
     log_path = WORK / "dags-test.log"
     print(f"Browser Use demo: DAG {DAG_ID!r} against {target}")
     try:
@@ -114,15 +76,14 @@ def main() -> int:
             state = states.get(task_id) or "not run"
             print(f"  {task_id:<15} {state:<8} {what if state == 'success' else ''}".rstrip())
         if emulator is not None:
-            print(f"Active sessions left on the emulator: {active_sessions(base_url)}")
+            print(f"Active sessions left on the emulator: {emulator.admin('state')['activeSessionCount']}")
         print(f"Full log: {log_path.relative_to(ROOT)}")
         if run.returncode != 0:
             print(f"The DAG run failed (airflow dags test exited {run.returncode}); see the log.")
         return run.returncode
     finally:
         if emulator is not None:
-            emulator.terminate()
-            emulator.wait(timeout=10)
+            emulator.stop()
 
 
 if __name__ == "__main__":

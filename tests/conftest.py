@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +27,36 @@ pytest_plugins = ["airflow_provider_browseruse.testing.pytest_plugin"]
 
 MOCK_BASE_URL = "https://api.browser-use.test/api/v2"
 MOCK_API_KEY = "bu_unit_test_key_0123456789"
+
+
+class FakeTaskInstance:
+    """The parts of a task instance the operators and sensors use. XCom values go through JSON,
+    as they do in Airflow, so a value that would not survive the metadata database fails here."""
+
+    def __init__(
+        self,
+        *,
+        dag_id: str = "dag",
+        run_id: str = "run",
+        task_id: str = "op",
+        map_index: int = -1,
+        try_number: int = 1,
+        start_date: datetime | None = None,
+    ) -> None:
+        self.dag_id, self.run_id, self.task_id, self.map_index = dag_id, run_id, task_id, map_index
+        self.try_number, self.start_date = try_number, start_date
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = json.loads(json.dumps(value))
+
+    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value") -> Any:
+        return self.xcom.get(key)
+
+
+def task_context(**ti_fields: Any) -> dict[str, Any]:
+    """A minimal task context: a :class:`FakeTaskInstance` under ``ti``."""
+    return {"ti": FakeTaskInstance(**ti_fields)}
 
 
 @pytest.fixture

@@ -19,14 +19,7 @@ from airflow_provider_browseruse.operators.browser_use import (
 )
 from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor, TaskCompletedSensor
 from airflow_provider_browseruse.testing import BrowserUseEmulator
-
-
-class TI:
-    dag_id, run_id, task_id, map_index, try_number, start_date = "d", "r", "t", -1, 1, None
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        pass
-
+from tests.conftest import task_context
 
 PARSE_TIME: list[tuple[str, Callable[[], Any], str]] = [
     ("session_id", lambda: StopSessionOperator(task_id="x", session_id="sess-123"), "session_id must be a Browser Use id"),
@@ -71,7 +64,7 @@ def test_rendered_values_are_checked_before_any_request(
     emulator: BrowserUseEmulator, parameter: str, build: Callable[[], Any], message: str | None
 ) -> None:
     op = build()
-    context: dict[str, Any] = {"ti": TI()}
+    context: dict[str, Any] = task_context()
     op.render_template_fields(context)
     if message is None:  # a rendered metadata value is a string: accepted
         op.wait_for_completion = False
@@ -127,7 +120,7 @@ def test_tls_verification_stays_on(emulator: BrowserUseEmulator) -> None:
     assert BrowserUseHook().http.verify is True
 
     async def pool_context() -> ssl.SSLContext:
-        return hooks.shared_pool()._ssl
+        return hooks.shared_pool().ssl_context
 
     context = asyncio.run(pool_context())
     assert context.verify_mode == ssl.CERT_REQUIRED

@@ -151,7 +151,7 @@ def test_run_task_paths_as_dag_runs(
     assert str(dag_run.state) == ("success" if expected_state == "success" else "failed")
     assert states == {"run": expected_state}
     assert xcom.get(("run", "return_value")) == expected_output
-    task_id = xcom[("run", "task_id")]
+    task_id = xcom[("run", "browser_use_task_id")]
     final = emulator.state.get_task(task_id)["status"]
     assert final == ("stopped" if "timeout" in kwargs else script.get("status", "finished"))
     assert emulator.count("POST", "/tasks") == 1

@@ -10,7 +10,6 @@ matrix is printed as a table (run with -s to see it).
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from airflow_provider_browseruse.operators.browser_use import (
 )
 from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
+from tests.conftest import FakeTaskInstance
 
 try:
     from airflow.sdk.exceptions import TaskDeferred
@@ -70,26 +70,7 @@ TRANSIENT_BEFORE_HANDLING = {"500", "502", "503"}  # a gateway error: the reques
 RESULTS: list[dict[str, Any]] = []
 
 
-class TI:
-    def __init__(self) -> None:
-        self.xcom: dict[str, Any] = {}
-        self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number, self.start_date = (
-            "fm",
-            "r",
-            "t",
-            -1,
-            1,
-            None,
-        )
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcom[key] = json.loads(json.dumps(value))
-
-    def xcom_pull(self, task_ids: str, key: str) -> Any:
-        return self.xcom.get(key)
-
-
-def run_op(op: Any, ti: TI) -> Any:
+def run_op(op: Any, ti: FakeTaskInstance) -> Any:
     """Execute; when it defers, run its trigger inline (as the triggerer would) and resume."""
     import asyncio
 
@@ -142,9 +123,9 @@ def refused_once(method: str, path: str) -> Iterator[None]:
         yield
 
 
-def flow(call: str, deferrable: bool, emulator: BrowserUseEmulator) -> tuple[Any, TI, list[Any]]:
+def flow(call: str, deferrable: bool, emulator: BrowserUseEmulator) -> tuple[Any, FakeTaskInstance, list[Any]]:
     """The operator that makes ``call``, ready to run, plus what a DAG's teardown would run."""
-    ti = TI()
+    ti = FakeTaskInstance(dag_id="fm", run_id="r", task_id="t")
     state = emulator.state
     if call == "create session":
         return CreateSessionOperator(task_id="create", keep_alive=True), ti, ["session"]
@@ -199,7 +180,10 @@ def test_fault_matrix(emulator: BrowserUseEmulator, fast_retries: None, call: st
         except AirflowException as error:  # BrowserUseAPIError is one too
             outcome, message = "failed cleanly", str(error)
     if "session" in teardown and ti.xcom.get("session_id"):
-        run_op(StopSessionOperator(task_id="teardown", session_id=ti.xcom["session_id"], missing_ok=True), TI())
+        run_op(
+            StopSessionOperator(task_id="teardown", session_id=ti.xcom["session_id"], missing_ok=True),
+            FakeTaskInstance(dag_id="fm", run_id="r", task_id="t"),
+        )
     time.sleep(1.1 if fault == "read timeout" else 0)  # let a request the client gave up on land
     attempts = len(emulator.requests(method, path)) - before
     created = Counter(

@@ -192,7 +192,7 @@ def test_errors_say_which_call_failed_and_why(
     with pytest.raises(BrowserUseAPIError) as caught:
         hook.get_session(SID)
     assert expected in str(caught.value)
-    assert caught.value.status_code == status
+    assert caught.value.http_status == status
     assert requests_mock.call_count == 1  # 4xx other than 429: never retried
     assert MOCK_API_KEY not in str(caught.value)
 
@@ -255,7 +255,7 @@ def test_retries_are_bounded_in_total_time(hook: BrowserUseHook, requests_mock: 
     requests_mock.get(f"{MOCK_BASE_URL}/sessions/{SID}", status_code=429, headers={"Retry-After": "600"}, json={})
     with pytest.raises(BrowserUseAPIError) as caught:
         hook.get_session(SID)
-    assert caught.value.status_code == 429
+    assert caught.value.http_status == 429
     assert requests_mock.call_count == 1  # a 600 s wait would overrun max_total=60
     assert hook.waits == []  # type: ignore[attr-defined]
 

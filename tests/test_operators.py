@@ -22,7 +22,7 @@ from airflow_provider_browseruse.operators.browser_use import (
 )
 from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor, TaskCompletedSensor
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
-from tests.conftest import MOCK_BASE_URL
+from tests.conftest import MOCK_BASE_URL, task_context
 
 SID = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
 TASKS = [
@@ -35,21 +35,6 @@ STOPPED = {
     "id": SID, "status": "stopped", "startedAt": "s", "finishedAt": "f", "tasks": TASKS, "proxyCost": "0.01",
     "liveUrl": "https://live.example/secret-token", "publicShareUrl": "https://share.example/tok", "recordingUrl": "https://rec/sig",
 }  # fmt: skip
-
-
-class RecordingTI:
-    """The bits of a task instance operators use; XCom values must survive JSON."""
-
-    def __init__(self, try_number: int = 1, task_id: str = "op") -> None:
-        self.xcom: dict[str, Any] = {}
-        self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number = "dag", "run", task_id, -1, try_number
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcom[key] = json.loads(json.dumps(value))
-
-
-def context(try_number: int = 1) -> dict[str, Any]:
-    return {"ti": RecordingTI(try_number)}
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +50,7 @@ def test_stop_session_sends_stop_and_publishes_outputs(
     mock_conn: str, requests_mock: rm.Mocker, captured_logs: Any
 ) -> None:
     requests_mock.patch(f"{MOCK_BASE_URL}/sessions/{SID}", json=STOPPED)
-    ctx = context()
+    ctx = task_context()
     result = StopSessionOperator(task_id="stop", session_id=SID).execute(ctx)
     assert requests_mock.last_request.json() == {"action": "stop"}
     assert requests_mock.call_count == 1
@@ -84,7 +69,7 @@ def test_stop_session_sends_stop_and_publishes_outputs(
 def test_stop_session_waits_while_still_active(mock_conn: str, requests_mock: rm.Mocker) -> None:
     requests_mock.patch(f"{MOCK_BASE_URL}/sessions/{SID}", json={**STOPPED, "status": "active"})
     requests_mock.get(f"{MOCK_BASE_URL}/sessions/{SID}", [{"json": {**STOPPED, "status": "active"}}, {"json": STOPPED}])
-    result = StopSessionOperator(task_id="stop", session_id=SID, poll_interval=0.01).execute(context())
+    result = StopSessionOperator(task_id="stop", session_id=SID, poll_interval=0.01).execute(task_context())
     assert result["status"] == "stopped"
     assert [r.method for r in requests_mock.request_history] == ["PATCH", "GET", "GET"]
 
@@ -93,14 +78,14 @@ def test_stop_session_gives_up_waiting_after_its_timeout(mock_conn: str, request
     requests_mock.patch(f"{MOCK_BASE_URL}/sessions/{SID}", json={**STOPPED, "status": "active"})
     requests_mock.get(f"{MOCK_BASE_URL}/sessions/{SID}", json={**STOPPED, "status": "active"})
     with pytest.raises(AirflowException, match="still 'active' after 0.05 s"):
-        StopSessionOperator(task_id="stop", session_id=SID, poll_interval=0.01, timeout=0.05).execute(context())
+        StopSessionOperator(task_id="stop", session_id=SID, poll_interval=0.01, timeout=0.05).execute(task_context())
 
 
 def test_stop_unknown_session_fails_without_retry(mock_conn: str, requests_mock: rm.Mocker) -> None:
     requests_mock.patch(f"{MOCK_BASE_URL}/sessions/{SID}", status_code=404, json={"detail": "Session not found"})
     with pytest.raises(AirflowFailException, match="HTTP 404: Session not found. Is session_id right"):
-        StopSessionOperator(task_id="stop", session_id=SID).execute(context())
-    ctx = context()
+        StopSessionOperator(task_id="stop", session_id=SID).execute(task_context())
+    ctx = task_context()
     assert StopSessionOperator(task_id="stop", session_id=SID, missing_ok=True).execute(ctx) is None
     assert ctx["ti"].xcom["task_outputs"] == []
 
@@ -111,7 +96,7 @@ def test_bad_session_ids_are_refused_before_any_request(mock_conn: str, requests
     templated = StopSessionOperator(task_id="stop", session_id="{{ params.sid }}")
     templated.session_id = "still-not-a-uuid"  # as rendered
     with pytest.raises(AirflowFailException, match="got 'still-not-a-uuid'"):
-        templated.execute(context())
+        templated.execute(task_context())
     with pytest.raises(ValueError, match="poll_interval must be a positive number"):
         StopSessionOperator(task_id="stop", session_id=SID, poll_interval=0)
     assert requests_mock.request_history == []
@@ -123,13 +108,13 @@ def test_stop_session_against_the_emulator(emulator: BrowserUseEmulator) -> None
     hook = BrowserUseHook()
     sid = hook.create_session({"keepAlive": True})["id"]
     hook.create_task({"task": "long running", "sessionId": sid})
-    ctx = context()
+    ctx = task_context()
     result = StopSessionOperator(task_id="stop", session_id=sid).execute(ctx)
     assert result["status"] == "stopped"
     assert [t["status"] for t in ctx["ti"].xcom["task_outputs"]] == ["stopped"]
     assert emulator.active_session_count() == 0
     # Stopping again (a teardown that runs twice) is a success too.
-    assert StopSessionOperator(task_id="stop", session_id=sid).execute(context())["status"] == "stopped"
+    assert StopSessionOperator(task_id="stop", session_id=sid).execute(task_context())["status"] == "stopped"
 
 
 # --- SessionStoppedSensor ----------------------------------------------------------------------
@@ -138,7 +123,7 @@ def test_stop_session_against_the_emulator(emulator: BrowserUseEmulator) -> None
 def test_session_stopped_sensor(mock_conn: str, requests_mock: rm.Mocker) -> None:
     requests_mock.get(f"{MOCK_BASE_URL}/sessions/{SID}", [{"json": {**STOPPED, "status": "active"}}, {"json": STOPPED}])
     sensor = SessionStoppedSensor(task_id="wait", session_id=SID)
-    ctx = context()
+    ctx = task_context()
     assert sensor.poke(ctx).is_done is False
     done = sensor.poke(ctx)
     assert done.is_done is True
@@ -151,7 +136,7 @@ def test_session_stopped_sensor(mock_conn: str, requests_mock: rm.Mocker) -> Non
 def test_session_stopped_sensor_fails_at_once_on_unknown_session(mock_conn: str, requests_mock: rm.Mocker) -> None:
     requests_mock.get(f"{MOCK_BASE_URL}/sessions/{SID}", status_code=404, json={"detail": "Session not found"})
     with pytest.raises(AirflowFailException, match="Session not found"):
-        SessionStoppedSensor(task_id="wait", session_id=SID).poke(context())
+        SessionStoppedSensor(task_id="wait", session_id=SID).poke(task_context())
 
 
 # --- CreateSessionOperator ---------------------------------------------------------------------
@@ -161,7 +146,7 @@ def test_create_session_defaults_to_no_keep_alive(mock_conn: str, requests_mock:
     requests_mock.post(
         f"{MOCK_BASE_URL}/sessions", status_code=201, json={"id": SID, "status": "active", "keepAlive": False}
     )
-    ctx = context()
+    ctx = task_context()
     op = CreateSessionOperator(
         task_id="create", proxy_country_code="de", browser_screen_width=1280, extra_fields={"customProxy": None}
     )
@@ -190,7 +175,7 @@ BOOKS_SCHEMA = {
 
 
 def run(op: RunTaskOperator, ctx: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    ctx = ctx or context()
+    ctx = ctx or task_context()
     return op.execute(ctx), ctx["ti"].xcom
 
 
@@ -198,20 +183,20 @@ def test_run_task_one_off_success(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("headline", output="Big news", duration=0.2, cost="0.07")
     output, xcom = run(RunTaskOperator(task_id="run", task="Read the headline", poll_interval=0.05))
     assert output == "Big news"
-    assert set(xcom) >= {"task_id", "session_id", "task", "browser_use_session_url"}
+    assert set(xcom) >= {"browser_use_task_id", "session_id", "task", "browser_use_session_url"}
     assert xcom["task"]["status"] == "finished"
     assert "steps" not in xcom["task"]
     assert xcom["task"]["metadata"] == {
         "airflow_dag_id": "dag", "airflow_run_id": "run", "airflow_task_id": "op", "airflow_map_index": "-1", "airflow_try": "1"
     }  # fmt: skip
-    assert emulator.count("GET", f"/tasks/{xcom['task_id']}") == 1  # one full fetch, at the end
+    assert emulator.count("GET", f"/tasks/{xcom['browser_use_task_id']}") == 1  # one full fetch, at the end
     assert emulator.active_session_count() == 0
 
 
 def test_run_task_polls_the_light_status_endpoint_sparingly(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario(Scenario().default.model_copy(update={"duration": 0.5, "start_delay": 0}))
     _, xcom = run(RunTaskOperator(task_id="run", task="anything", poll_interval=0.2))
-    polls = emulator.count("GET", f"/tasks/{xcom['task_id']}/status")
+    polls = emulator.count("GET", f"/tasks/{xcom['browser_use_task_id']}/status")
     assert 3 <= polls <= 4  # ceil(0.5 / 0.2) = 3, one more for scheduling noise
     assert emulator.count("POST", "/tasks") == 1
 
@@ -271,10 +256,10 @@ def test_run_task_success_policy(
 
 def test_run_task_timeout_stops_the_remote_task_and_its_one_off_session(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("forever", duration=60)
-    ctx = context()
+    ctx = task_context()
     with pytest.raises(AirflowException, match="did not end within 0.3 s; it was stopped"):
         run(RunTaskOperator(task_id="run", task="forever", poll_interval=0.05, timeout=0.3), ctx)
-    task_id = ctx["ti"].xcom["task_id"]
+    task_id = ctx["ti"].xcom["browser_use_task_id"]
     assert emulator.state.get_task(task_id)["status"] == "stopped"
     assert emulator.requests("PATCH", f"/tasks/{task_id}")[0].status == 200
     assert emulator.active_session_count() == 0
@@ -292,7 +277,7 @@ def test_run_task_timeout_leaves_a_given_session_to_its_owner(emulator: BrowserU
 def test_run_task_on_kill_stops_the_remote_task(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("forever", duration=60)
     op = RunTaskOperator(task_id="run", task="forever", poll_interval=0.05)
-    ctx = context()
+    ctx = task_context()
     errors: list[BaseException] = []
 
     def execute() -> None:
@@ -304,32 +289,32 @@ def test_run_task_on_kill_stops_the_remote_task(emulator: BrowserUseEmulator) ->
     worker = threading.Thread(target=execute)
     worker.start()
     deadline = time.monotonic() + 5
-    while "task_id" not in ctx["ti"].xcom:
+    while "browser_use_task_id" not in ctx["ti"].xcom:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     op.on_kill()
     worker.join(timeout=5)
-    assert emulator.state.get_task(ctx["ti"].xcom["task_id"])["status"] == "stopped"
+    assert emulator.state.get_task(ctx["ti"].xcom["browser_use_task_id"])["status"] == "stopped"
     assert emulator.active_session_count() == 0
     assert "stopped" in str(errors[0])
 
 
 def test_run_task_stop_on_give_up_can_be_turned_off(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("forever", duration=60)
-    ctx = context()
+    ctx = task_context()
     with pytest.raises(AirflowException):
         run(RunTaskOperator(task_id="run", task="forever", poll_interval=0.05, timeout=0.1, stop_on_give_up=False), ctx)
-    assert emulator.state.get_task(ctx["ti"].xcom["task_id"])["status"] == "started"
+    assert emulator.state.get_task(ctx["ti"].xcom["browser_use_task_id"])["status"] == "started"
     assert emulator.count("PATCH", "/tasks/.*") == 0
 
 
 def test_a_retry_reattaches_to_the_running_task(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("slow", duration=0.5, output="done once")
     first = RunTaskOperator(task_id="run", task="slow job", poll_interval=0.05)
-    first_ctx = context(try_number=1)
+    first_ctx = task_context(try_number=1)
     tags = first._tags(first_ctx)
     first._start(first._request(first_ctx, tags), tags)  # try 1 created the task, then its worker died
-    output, xcom = run(RunTaskOperator(task_id="run", task="slow job", poll_interval=0.05), context(try_number=2))
+    output, xcom = run(RunTaskOperator(task_id="run", task="slow job", poll_interval=0.05), task_context(try_number=2))
     assert output == "done once"
     assert emulator.count("POST", "/tasks") == 1
     assert xcom["task"]["metadata"]["airflow_try"] == "1"
@@ -338,9 +323,9 @@ def test_a_retry_reattaches_to_the_running_task(emulator: BrowserUseEmulator) ->
 def test_a_retry_after_a_failed_remote_task_starts_a_new_one(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("flaky", duration=0.05, status="failed")
     with pytest.raises(AirflowException, match="failed"):
-        run(RunTaskOperator(task_id="run", task="flaky job", poll_interval=0.05), context(try_number=1))
+        run(RunTaskOperator(task_id="run", task="flaky job", poll_interval=0.05), task_context(try_number=1))
     emulator.state.scenario = Scenario().add("flaky", duration=0.05, output="ok now")
-    output, _ = run(RunTaskOperator(task_id="run", task="flaky job", poll_interval=0.05), context(try_number=2))
+    output, _ = run(RunTaskOperator(task_id="run", task="flaky job", poll_interval=0.05), task_context(try_number=2))
     assert output == "ok now"
     assert emulator.count("POST", "/tasks") == 2
 
@@ -360,12 +345,12 @@ def test_run_task_without_waiting_then_sensor(emulator: BrowserUseEmulator) -> N
         RunTaskOperator(task_id="run", task="later", structured_output=BOOKS_SCHEMA, wait_for_completion=False)
     )
     sensor = TaskCompletedSensor(task_id="wait", browser_use_task_id=task_id, structured_output=Books)
-    ctx = context()
+    ctx = task_context()
     assert sensor.poke(ctx).is_done is False
     time.sleep(0.3)
     done = sensor.poke(ctx)
     assert (done.is_done, done.xcom_value) == (True, {"titles": ["X"]})
-    assert ctx["ti"].xcom["task_id"] == task_id
+    assert ctx["ti"].xcom["browser_use_task_id"] == task_id
     assert ctx["ti"].xcom["task"]["status"] == "finished"
     assert ctx["ti"].xcom["session_id"] == emulator.state.tasks[task_id].session_id
 
@@ -375,7 +360,7 @@ def test_task_sensor_fails_on_a_failed_task(emulator: BrowserUseEmulator) -> Non
     task_id = emulator.state.create_task({"task": "bad"})["id"]
     time.sleep(0.05)
     with pytest.raises(AirflowException, match="failed; output: 'blocked'"):
-        TaskCompletedSensor(task_id="wait", browser_use_task_id=task_id).poke(context())
+        TaskCompletedSensor(task_id="wait", browser_use_task_id=task_id).poke(task_context())
 
 
 def test_secrets_are_sent_masked_and_never_logged(mock_conn: str, requests_mock: rm.Mocker, captured_logs: Any) -> None:
@@ -385,7 +370,7 @@ def test_secrets_are_sent_masked_and_never_logged(mock_conn: str, requests_mock:
         task_id="run", task="log in", secrets={"password": "{{ params.pw }}"}, wait_for_completion=False
     )
     assert "secrets" not in op.template_fields
-    ctx = {**context(), "params": {"pw": "correct-horse-battery"}}
+    ctx = {**task_context(), "params": {"pw": "correct-horse-battery"}}
     assert op.execute(ctx) == tid
     assert requests_mock.last_request.json()["secrets"] == {"password": "correct-horse-battery"}
     assert "correct-horse-battery" not in captured_logs()
@@ -406,7 +391,7 @@ def test_output_files_are_saved_and_listed(emulator: BrowserUseEmulator, tmp_pat
         RunTaskOperator(task_id="run", task="export", poll_interval=0.05, output_files_path=f"file://{tmp_path}")
     )
     assert [Path(p.removeprefix("file://")).name for p in xcom["output_files"]] == ["out.csv", "n_x.txt"]
-    saved = tmp_path / xcom["task_id"] / "out.csv"
+    saved = tmp_path / xcom["browser_use_task_id"] / "out.csv"
     assert saved.read_text() == "a,b\n"
 
 
@@ -444,15 +429,17 @@ def test_unknown_llm_passes_through_for_the_api_to_decide(emulator: BrowserUseEm
 def test_stop_task_operator(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("forever", duration=60)
     created = emulator.state.create_task({"task": "forever"})
-    ctx = context()
+    ctx = task_context()
     result = StopTaskOperator(task_id="stop", browser_use_task_id=created["id"], stop_session=True).execute(ctx)
     assert result is not None and result["status"] == "stopped"
     assert ctx["ti"].xcom["session_id"] == created["sessionId"]
     assert emulator.active_session_count() == 0
     unknown = "9b2f7c1e-4a5d-4e6f-8a7b-1c2d3e4f5a6b"
     with pytest.raises(AirflowFailException, match="Task not found"):
-        StopTaskOperator(task_id="stop", browser_use_task_id=unknown).execute(context())
-    assert StopTaskOperator(task_id="stop", browser_use_task_id=unknown, missing_ok=True).execute(context()) is None
+        StopTaskOperator(task_id="stop", browser_use_task_id=unknown).execute(task_context())
+    assert (
+        StopTaskOperator(task_id="stop", browser_use_task_id=unknown, missing_ok=True).execute(task_context()) is None
+    )
 
 
 def test_session_link_reads_the_pushed_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -491,8 +478,8 @@ def test_execution_timeout_during_the_wait_stops_the_remote_task(
             raise AirflowTaskTimeout("Timeout, PID: 1")
 
     monkeypatch.setattr("airflow_provider_browseruse.operators.browser_use.time.sleep", sleep)
-    ctx = context()
+    ctx = task_context()
     with pytest.raises(AirflowTaskTimeout):
         run(RunTaskOperator(task_id="run", task="forever", poll_interval=0.05), ctx)
-    assert emulator.state.get_task(ctx["ti"].xcom["task_id"])["status"] == "stopped"
+    assert emulator.state.get_task(ctx["ti"].xcom["browser_use_task_id"])["status"] == "stopped"
     assert emulator.active_session_count() == 0

@@ -187,7 +187,7 @@ def test_deferrable_dag_survives_a_triggerer_restart_and_a_kill_stops_the_remote
     airflow.wait_for("the second run's wait to be deferred", lambda: "summarise" in deferred("killed_run"))
     remote_task = json.loads(
         airflow.query(
-            "SELECT value FROM xcom WHERE run_id = 'killed_run' AND task_id = 'summarise' AND key = 'task_id'"
+            "SELECT value FROM xcom WHERE run_id = 'killed_run' AND task_id = 'summarise' AND key = 'browser_use_task_id'"
         )[0][0]
     )
     # The operator checks the status once before deferring; a second poll means the triggerer runs the trigger.

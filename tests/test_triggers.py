@@ -9,18 +9,15 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_browseruse._common import session_event, task_event
 from airflow_provider_browseruse._compat import AirflowException, AirflowFailException
 from airflow_provider_browseruse._retry import RetryPolicy
 from airflow_provider_browseruse.hooks import browser_use as hooks
 from airflow_provider_browseruse.operators.browser_use import RunTaskOperator, StopSessionOperator
 from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor, TaskCompletedSensor
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
-from airflow_provider_browseruse.triggers.browser_use import (
-    SessionStatusTrigger,
-    TaskStatusTrigger,
-    session_event,
-    task_event,
-)
+from airflow_provider_browseruse.triggers.browser_use import SessionStatusTrigger, TaskStatusTrigger
+from tests.conftest import FakeTaskInstance, task_context
 
 try:
     from airflow.sdk.exceptions import TaskDeferred
@@ -28,19 +25,6 @@ except ImportError:  # Airflow 3.1
     from airflow.exceptions import TaskDeferred  # type: ignore[no-redef,attr-defined]
 
 UNKNOWN = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
-
-
-class RecordingTI:
-    def __init__(self) -> None:
-        self.xcom: dict[str, Any] = {}
-        self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number = "dag", "run", "op", -1, 1
-        self.start_date = None
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcom[key] = json.loads(json.dumps(value))
-
-    def xcom_pull(self, task_ids: str, key: str) -> Any:
-        return self.xcom.get(key)
 
 
 def first_event(trigger: Any) -> dict[str, Any]:
@@ -63,14 +47,12 @@ def roundtrip(trigger: Any) -> Any:
 
 
 def test_task_trigger_serializes_without_the_key(emulator: BrowserUseEmulator) -> None:
-    trigger = TaskStatusTrigger(
-        UNKNOWN, poll_interval=0.5, end_time=123.0, stop_on_kill=True, stop_session_on_kill=True
-    )
+    trigger = TaskStatusTrigger(UNKNOWN, poll_interval=0.5, end_time=123.0, stop_on_give_up=True, owns_session=True)
     path, kwargs = trigger.serialize()
     assert path == "airflow_provider_browseruse.triggers.browser_use.TaskStatusTrigger"
     assert kwargs == {
         "browser_use_task_id": UNKNOWN, "browser_use_conn_id": "browser_use_default", "poll_interval": 0.5,
-        "end_time": 123.0, "stop_on_kill": True, "stop_session_on_kill": True,
+        "end_time": 123.0, "stop_on_give_up": True, "owns_session": True,
     }  # fmt: skip
     assert roundtrip(trigger).serialize() == (path, kwargs)
     assert emulator.state.api_key not in json.dumps(kwargs)
@@ -113,7 +95,7 @@ def test_trigger_retries_like_the_hook(emulator: BrowserUseEmulator, monkeypatch
 def test_trigger_reports_api_errors(emulator: BrowserUseEmulator) -> None:
     event = first_event(SessionStatusTrigger(UNKNOWN, poll_interval=0.1, end_time=time.time() + 5))
     assert event["event"] == "error"
-    assert event["status_code"] == 404
+    assert event["http_status"] == 404
     assert "Session not found" in event["message"]
     assert emulator.count("GET", f"/sessions/{UNKNOWN}") == 1  # a 404 is final
 
@@ -128,11 +110,11 @@ def test_session_trigger_fires_when_stopped(emulator: BrowserUseEmulator) -> Non
 def test_trigger_on_kill_stops_the_task_and_its_session(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("job", duration=60)
     created = emulator.state.create_task({"task": "job"})
-    asyncio.run(TaskStatusTrigger(created["id"], end_time=0, stop_on_kill=True, stop_session_on_kill=True).on_kill())
+    asyncio.run(TaskStatusTrigger(created["id"], end_time=0, stop_on_give_up=True, owns_session=True).on_kill())
     assert emulator.state.get_task(created["id"])["status"] == "stopped"
     assert emulator.active_session_count() == 0
     other = emulator.state.create_task({"task": "job"})
-    asyncio.run(TaskStatusTrigger(other["id"], end_time=0, stop_on_kill=False).on_kill())  # turned off
+    asyncio.run(TaskStatusTrigger(other["id"], end_time=0, stop_on_give_up=False).on_kill())  # turned off
     assert emulator.state.get_task(other["id"])["status"] in ("created", "started")
     assert emulator.count("PATCH", f"/tasks/{other['id']}") == 0
 
@@ -207,14 +189,14 @@ def run_deferred(op: Any, ctx: dict[str, Any]) -> Any:
 def test_run_task_defers_after_pushing_ids(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("job", duration=0.5, output="deferred result")
     op = RunTaskOperator(task_id="run", task="job", poll_interval=0.1, deferrable=True)
-    ctx = {"ti": RecordingTI()}
+    ctx = task_context()
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(ctx)
-    assert {"task_id", "session_id"} <= set(ctx["ti"].xcom)  # pushed before deferring
+    assert {"browser_use_task_id", "session_id"} <= set(ctx["ti"].xcom)  # pushed before deferring
     trigger = deferred.value.trigger
     assert isinstance(trigger, TaskStatusTrigger)
-    assert (trigger.object_id, trigger.stop_on_kill, trigger.stop_session_on_kill) == (
-        ctx["ti"].xcom["task_id"],
+    assert (trigger.watched_id, trigger.stop_on_give_up, trigger.owns_session) == (
+        ctx["ti"].xcom["browser_use_task_id"],
         True,
         True,
     )
@@ -237,15 +219,15 @@ def test_run_task_does_not_defer_when_already_done(
         return created
 
     monkeypatch.setattr(hooks.BrowserUseHook, "create_task", create_and_settle)
-    assert RunTaskOperator(task_id="run", task="job", deferrable=True).execute({"ti": RecordingTI()}) == "instant"
+    assert RunTaskOperator(task_id="run", task="job", deferrable=True).execute(task_context()) == "instant"
 
 
 def test_run_task_deferred_timeout_stops_the_remote_task(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("job", duration=60)
-    ctx = {"ti": RecordingTI()}
+    ctx = task_context()
     with pytest.raises(AirflowException, match="did not end within the timeout"):
         run_deferred(RunTaskOperator(task_id="run", task="job", poll_interval=0.1, timeout=0.3, deferrable=True), ctx)
-    assert emulator.state.get_task(ctx["ti"].xcom["task_id"])["status"] == "stopped"
+    assert emulator.state.get_task(ctx["ti"].xcom["browser_use_task_id"])["status"] == "stopped"
     assert emulator.active_session_count() == 0
 
 
@@ -253,7 +235,7 @@ def test_execution_timeout_bounds_the_deferral(emulator: BrowserUseEmulator) -> 
     from datetime import datetime, timedelta, timezone
 
     emulator.state.scenario = Scenario().add("job", duration=60)
-    ti = RecordingTI()
+    ti = FakeTaskInstance()
     ti.start_date = datetime.now(timezone.utc)
     op = RunTaskOperator(
         task_id="run", task="job", timeout=3600, execution_timeout=timedelta(seconds=30), deferrable=True
@@ -272,7 +254,7 @@ def test_stop_session_defers_while_stopping(emulator: BrowserUseEmulator, monkey
         return {**view, "status": "active"}
 
     monkeypatch.setattr(hooks.BrowserUseHook, "stop_session", stop_still_active)
-    ctx = {"ti": RecordingTI()}
+    ctx = task_context()
     result = run_deferred(
         StopSessionOperator(task_id="stop", session_id=session_id, poll_interval=0.1, deferrable=True), ctx
     )
@@ -283,7 +265,7 @@ def test_stop_session_defers_while_stopping(emulator: BrowserUseEmulator, monkey
 def test_sensors_defer_and_resume(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("job", duration=0.4, output="sensed")
     created = emulator.state.create_task({"task": "job"})
-    ctx = {"ti": RecordingTI()}
+    ctx = task_context()
     sensor = TaskCompletedSensor(task_id="wait", browser_use_task_id=created["id"], poke_interval=0.1, deferrable=True)
     assert run_deferred(sensor, ctx) == "sensed"
     assert ctx["ti"].xcom["task"]["status"] == "finished"
@@ -299,13 +281,13 @@ def test_deferred_sensor_fails_clearly(emulator: BrowserUseEmulator) -> None:
     with pytest.raises(AirflowException, match="failed; output: 'blocked'"):
         run_deferred(
             TaskCompletedSensor(task_id="w", browser_use_task_id=created["id"], poke_interval=0.1, deferrable=True),
-            {"ti": RecordingTI()},
+            task_context(),
         )
     sensor = SessionStoppedSensor(task_id="w", session_id=UNKNOWN, deferrable=True)
     with pytest.raises(AirflowFailException, match="Session not found"):
         sensor.execute_complete(
-            {"ti": RecordingTI()},
-            {"event": "error", "session_id": UNKNOWN, "status_code": 404, "message": "HTTP 404: Session not found"},
+            task_context(),
+            {"event": "error", "session_id": UNKNOWN, "http_status": 404, "message": "HTTP 404: Session not found"},
         )
 
 

@@ -1,21 +1,29 @@
-"""BrowserUseHook: the authenticated connection to the Browser Use Cloud API v2."""
+"""BrowserUseHook: the authenticated connection to the Browser Use Cloud API v2.
+
+:class:`BrowserUseHook` (requests) serves operators and sensors; :class:`BrowserUseAsyncHook`
+(httpx) serves triggers. Both read the same connection, send the same requests, map failures to
+the same :class:`~airflow_provider_browseruse.exceptions.BrowserUseAPIError` and retry under the
+same :class:`~airflow_provider_browseruse._retry.RetryPolicy`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import logging
+import shutil
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
 import tenacity
 from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
 
 from airflow_provider_browseruse import CONNECTION_UI_FIELD_BEHAVIOUR, __version__, _wire
 from airflow_provider_browseruse._compat import AirflowException
@@ -29,6 +37,9 @@ USER_AGENT = f"airflow-provider-browseruse/{__version__}"
 #: Seconds to wait for each HTTP answer, unless a hook is given its own ``timeout``.
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_API_PATH = "/api/v2"
+
+
+# --- the connection ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -49,17 +60,35 @@ def _is_loopback(hostname: str) -> bool:
         return False
 
 
+def _is_true(value: Any) -> bool:
+    return str(value).lower() in ("true", "1", "yes")
+
+
+def _written_base_url(conn: Any, extra: Mapping[str, Any]) -> str:
+    """The base URL as the connection writes it: a whole URL, or the URI form's parts."""
+    host = (conn.host or "").strip()
+    if not host:
+        return _wire.DEFAULT_BASE_URL
+    if "://" in host:
+        return host
+    port = f":{conn.port}" if conn.port else ""
+    path = (conn.schema or "").strip("/")  # a URI's path arrives as the connection's schema
+    return f"{extra.get('scheme', 'https')}://{host}{port}/{path}"
+
+
 def api_settings(conn: Any, conn_id: str) -> ApiSettings:
     """Read an Airflow connection of type ``browser_use``.
 
     The API key is the password. The base URL is the host: either a whole URL
     (``https://api.browser-use.com/api/v2``, the JSON form) or, from a URI such as
-    ``browser-use://:KEY@api.browser-use.com/api/v2``, a host name with port and path (the path
-    arrives as the connection's schema). A URL without a path gets ``/api/v2``; an empty host
-    means the public API. Plain ``http`` is refused for hosts other than loopback unless the
-    extra ``allow_insecure_http`` is true. Extras: ``scheme`` (for the URI form, default
-    https), ``ui_base_url`` (the Browser Use web app, for links).
+    ``browser-use://:KEY@api.browser-use.com/api/v2``, a host name with port and path. A URL
+    without a path gets ``/api/v2``; an empty host means the public API. Plain ``http`` is
+    refused for hosts other than loopback unless the extra ``allow_insecure_http`` is true.
+    Extras: ``scheme`` (URI form, default https), ``ui_base_url`` (the web app, for links).
 
+    :param conn: the Airflow connection.
+    :param conn_id: its id, for messages.
+    :return: the base URLs and the key.
     :raises AirflowException: no API key, or a base URL that is not usable.
     """
     api_key = (conn.password or "").strip()
@@ -69,23 +98,14 @@ def api_settings(conn: Any, conn_id: str) -> ApiSettings:
             "put the key (bu_...) in the connection's password field."
         )
     extra = conn.extra_dejson or {}
-    host = (conn.host or "").strip()
-    if not host:
-        base_url = _wire.DEFAULT_BASE_URL
-    elif "://" in host:
-        base_url = host
-    else:
-        port = f":{conn.port}" if conn.port else ""
-        path = (conn.schema or "").strip("/")
-        base_url = f"{extra.get('scheme', 'https')}://{host}{port}/{path}"
-    parts = urlsplit(base_url.rstrip("/"))
+    written = _written_base_url(conn, extra)
+    parts = urlsplit(written.rstrip("/"))
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AirflowException(
-            f"Airflow connection {conn_id!r} has base URL {base_url!r}: expected an http(s) URL "
+            f"Airflow connection {conn_id!r} has base URL {written!r}: expected an http(s) URL "
             f"such as {_wire.DEFAULT_BASE_URL!r}."
         )
-    allow_http = str(extra.get("allow_insecure_http", "")).lower() in ("true", "1", "yes")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname) and not allow_http:
+    if parts.scheme == "http" and not _is_loopback(parts.hostname) and not _is_true(extra.get("allow_insecure_http")):
         raise AirflowException(
             f"Airflow connection {conn_id!r} has a plain-http base URL to {parts.hostname!r}: the "
             "API key would travel unencrypted. Use https, or set the extra "
@@ -96,43 +116,57 @@ def api_settings(conn: Any, conn_id: str) -> ApiSettings:
     return ApiSettings(f"{parts.scheme}://{parts.netloc}{path}", api_key, ui_base_url)
 
 
+# --- answers and errors, shared by the sync and async hooks ------------------------------------
+
+#: What an HTTP error status means to a DAG author; ``{detail}`` is the API's own words.
+_STATUS_MEANINGS = {
+    401: "the API key was rejected ({detail}); check the password of Airflow connection {conn_id!r}",
+    403: "the API key was rejected ({detail}); check the password of Airflow connection {conn_id!r}",
+    402: "out of credits or over the key's spend limit ({detail})",
+    404: "{detail}",
+    422: "the API rejected the request: {detail}",
+    429: "the account's concurrent-session cap is reached ({detail})",
+}
+_EMPTY_DETAILS = {401: "unauthorized", 403: "unauthorized", 404: "not found"}
+
+
+def _failure_reason(kind: FailureKind, http_status: int | None, detail: str, reason: str, conn_id: str) -> str:
+    if kind == "unreachable":
+        return f"could not connect to the API ({reason})"
+    if kind == "interrupted":
+        return f"no complete answer from the API ({reason})"
+    if kind == "malformed":
+        return f"the API answered HTTP {http_status} with a body that is not the expected JSON"
+    detail = detail or _EMPTY_DETAILS.get(http_status or 0, "")
+    meaning = _STATUS_MEANINGS.get(http_status or 0, "{detail}").format(detail=detail, conn_id=conn_id)
+    return f"HTTP {http_status}: {meaning}" if meaning else f"HTTP {http_status}"
+
+
 def api_error(
     call: str,
     conn_id: str,
     *,
-    status_code: int | None = None,
+    http_status: int | None = None,
     body: Any = None,
     kind: FailureKind = "http",
     retry_after: float | None = None,
     reason: str = "",
 ) -> BrowserUseAPIError:
-    """Build the error for a failed call, in words a DAG author understands."""
+    """Build the error for a failed call, in words a DAG author understands.
+
+    :param call: the hook method, with its id, for the message.
+    :param conn_id: the Airflow connection, named when the key was rejected.
+    :param http_status: the HTTP status, when the API answered.
+    :param body: the error body the API sent (its ``detail`` is shown).
+    :param kind: how the call failed.
+    :param retry_after: the ``Retry-After`` seconds the API asked for.
+    :param reason: the transport error's name, when no HTTP answer arrived.
+    """
     detail = _wire.error_detail(body) if body is not None else reason
-    if kind == "unreachable":
-        why = f"could not connect to the API ({reason})"
-    elif kind == "interrupted":
-        why = f"no complete answer from the API ({reason})"
-    elif kind == "malformed":
-        why = f"the API answered HTTP {status_code} with a body that is not the expected JSON"
-    elif status_code in (401, 403):
-        why = (
-            f"HTTP {status_code}: the API key was rejected ({detail or 'unauthorized'}); check the "
-            f"password of Airflow connection {conn_id!r}"
-        )
-    elif status_code == 402:
-        why = f"HTTP 402: out of credits or over the key's spend limit ({detail})"
-    elif status_code == 404:
-        why = f"HTTP 404: {detail or 'not found'}"
-    elif status_code == 422:
-        why = f"HTTP 422: the API rejected the request: {detail}"
-    elif status_code == 429:
-        why = f"HTTP 429: the account's concurrent-session cap is reached ({detail})"
-    else:
-        why = f"HTTP {status_code}: {detail}" if detail else f"HTTP {status_code}"
     return BrowserUseAPIError(
-        f"Browser Use {call} failed: {why}",
+        f"Browser Use {call} failed: {_failure_reason(kind, http_status, detail, reason, conn_id)}",
         call=call,
-        status_code=status_code,
+        http_status=http_status,
         detail=detail,
         kind=kind,
         retry_after=retry_after,
@@ -147,41 +181,45 @@ def read_answer(
     read_json: Callable[[], Any],
     read_text: Callable[[], str],
 ) -> Any:
-    """The JSON of an answer, or the error it stands for (shared by the sync and async hooks)."""
+    """Return the JSON of an answer (None for 204), or raise the error it stands for."""
     if status >= 400:
         try:
             body: Any = read_json()
         except ValueError:
             body = read_text()[:500]
-        raise api_error(call, conn_id, status_code=status, body=body, retry_after=retry_after_seconds(retry_after))
+        raise api_error(call, conn_id, http_status=status, body=body, retry_after=retry_after_seconds(retry_after))
     if status == 204:
         return None
     try:
         return read_json()
     except ValueError as error:
-        raise api_error(call, conn_id, status_code=status, kind="malformed") from error
+        raise api_error(call, conn_id, http_status=status, kind="malformed") from error
 
 
 def require_dict(call: str, conn_id: str, answer: Any) -> dict[str, Any]:
+    """Return ``answer`` if it is a JSON object, else raise a ``malformed`` error."""
     if not isinstance(answer, dict):
-        raise api_error(call, conn_id, status_code=200, kind="malformed")
+        raise api_error(call, conn_id, http_status=200, kind="malformed")
     return answer
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """An integer ``Retry-After`` in seconds; dates and garbage are ignored."""
+    """Return an integer ``Retry-After`` in seconds; dates and garbage give None."""
     if value and value.strip().isdigit():
         return float(value.strip())
     return None
 
 
+# --- the sync hook -----------------------------------------------------------------------------
+
+
 class BrowserUseHook(BaseHook):
-    """Calls the Browser Use Cloud API v2 with the key of an Airflow connection.
+    """Call the Browser Use Cloud API v2 with the key of an Airflow connection.
 
     Every method returns the API's JSON as a dict with the API's own (camelCase) field names and
     raises :class:`~airflow_provider_browseruse.exceptions.BrowserUseAPIError` when the call
     fails after the retries its kind allows (see :class:`~airflow_provider_browseruse._retry.RetryPolicy`).
-    Ids are checked to be UUIDs before anything is sent (ValueError).
+    Ids are checked to be UUIDs before anything is sent (``ValueError`` naming the parameter).
 
     :param browser_use_conn_id: the Airflow connection (type ``browser_use``).
     :param timeout: seconds to wait for each HTTP answer.
@@ -208,45 +246,42 @@ class BrowserUseHook(BaseHook):
         self.timeout = timeout or DEFAULT_TIMEOUT
         self.retry_policy = retry_policy or RetryPolicy()
         self._sleep: Callable[[float], Any] = time.sleep
+        self._settings: ApiSettings | None = None
+        self._http: requests.Session | None = None
+        # Built once per hook (a hook is used from one thread at a time): creates, and the rest.
+        self._retrying: dict[bool, tenacity.Retrying] = {}
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """The connection form, for Airflow before 3.2 (newer versions read the provider info)."""
+        """Return the connection form, for Airflow before 3.2 (newer versions read the provider info)."""
         return CONNECTION_UI_FIELD_BEHAVIOUR
 
-    @cached_property
+    @property
     def settings(self) -> ApiSettings:
-        """Base URLs and key, read once from the connection."""
-        settings = api_settings(self.get_connection(self.browser_use_conn_id), self.browser_use_conn_id)
-        self._mask(settings.api_key)
-        return settings
+        """The base URLs and key, read from the connection on first use (the key is masked)."""
+        if self._settings is None:
+            self._settings = api_settings(self.get_connection(self.browser_use_conn_id), self.browser_use_conn_id)
+            mask_secret(self._settings.api_key)
+        return self._settings
 
-    @staticmethod
-    def _mask(secret: str) -> None:
-        from airflow.sdk.log import mask_secret
-
-        mask_secret(secret)
-
-    @cached_property
+    @property
     def http(self) -> requests.Session:
-        """One keep-alive session for every call of this hook."""
-        import requests  # here, not at module level: DAG files that import the hook do not pay for it
+        """The keep-alive session every call of this hook goes through."""
+        if self._http is None:
+            # Imported here, not at module level: requests costs DAG files ~30 ms (make bench).
+            import requests
 
-        session = requests.Session()
-        session.headers.update(
-            {
-                _wire.API_KEY_HEADER: self.settings.api_key,
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-            }
-        )
-        return session
+            self._http = requests.Session()
+            self._http.headers.update(
+                {_wire.API_KEY_HEADER: self.settings.api_key, "User-Agent": USER_AGENT, "Accept": "application/json"}
+            )
+        return self._http
 
     def close(self) -> None:
         """Close the keep-alive connections (they also close when the hook is collected)."""
-        if "http" in self.__dict__:
-            self.http.close()
-            del self.__dict__["http"]
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     # --- transport --------------------------------------------------------------------------
 
@@ -260,16 +295,13 @@ class BrowserUseHook(BaseHook):
         params: Mapping[str, Any] | None = None,
         resend_safe: bool = True,
     ) -> Any:
-        return self._retrying(resend_safe)(self._send_once, call, method, path, json, params)
+        return self._retrying_for(resend_safe)(self._send_once, call, method, path, json, params)
 
-    def _retrying(self, resend_safe: bool) -> tenacity.Retrying:
-        # Built once per hook and kind, not per call: a hook is used from one thread at a time.
-        key = "_retrying_resend_safe" if resend_safe else "_retrying_create"
-        retrying = self.__dict__.get(key)
-        if retrying is None:
+    def _retrying_for(self, resend_safe: bool) -> tenacity.Retrying:
+        if resend_safe not in self._retrying:
             arguments = self.retry_policy.tenacity_arguments(resend_safe=resend_safe, sleep=self._sleep, log=self.log)
-            retrying = self.__dict__[key] = tenacity.Retrying(**arguments)
-        return retrying
+            self._retrying[resend_safe] = tenacity.Retrying(**arguments)
+        return self._retrying[resend_safe]
 
     def _send_once(self, call: str, method: str, path: str, json: Any, params: Mapping[str, Any] | None) -> Any:
         import requests
@@ -302,55 +334,6 @@ class BrowserUseHook(BaseHook):
     def _call_for_dict(self, call: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         return require_dict(call, self.browser_use_conn_id, self._call(call, method, path, **kwargs))
 
-    # --- account ----------------------------------------------------------------------------
-
-    def get_account(self) -> dict[str, Any]:
-        """The account (AccountView): balances, plan, and on newer servers the session cap."""
-        return self._call_for_dict("get_account", "GET", _wire.ACCOUNT_PATH)
-
-    def test_connection(self) -> tuple[bool, str]:
-        """Check the key with the side-effect-free account call; never raises."""
-        try:
-            account = self.get_account()
-        except Exception as error:
-            return False, str(error)
-        plan = (account.get("planInfo") or {}).get("planName", "unknown plan")
-        return True, f"Connected to Browser Use: project {account.get('projectId')}, {plan}."
-
-    # --- sessions ---------------------------------------------------------------------------
-
-    def create_session(self, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Start a session (``POST /sessions``) with the API's CreateSessionRequest fields.
-
-        Note the API's default ``keepAlive`` is true: such a session bills until stopped.
-        Never resent after an ambiguous failure (it may have started a browser).
-        """
-        return self._call_for_dict(
-            "create_session", "POST", _wire.SESSIONS_PATH, json=dict(body or {}), resend_safe=False
-        )
-
-    def get_session(self, session_id: str) -> dict[str, Any]:
-        """The session (SessionView) with its tasks."""
-        session_id = _wire.require_uuid(session_id, "session_id")
-        return self._call_for_dict(f"get_session({session_id})", "GET", _wire.session_path(session_id))
-
-    def stop_session(self, session_id: str) -> dict[str, Any]:
-        """Stop the session and its running tasks (``PATCH {"action": "stop"}``); SessionView."""
-        session_id = _wire.require_uuid(session_id, "session_id")
-        return self._call_for_dict(
-            f"stop_session({session_id})",
-            "PATCH",
-            _wire.session_path(session_id),
-            json=_wire.STOP_SESSION_BODY,
-        )
-
-    def list_sessions(self, status: str | _wire.SessionStatus | None = None) -> list[dict[str, Any]]:
-        """Every session (SessionItemView), following all pages; ``status`` filters by status."""
-        params: dict[str, Any] = {"pageSize": _wire.MAX_PAGE_SIZE}
-        if status is not None:
-            params["filterBy"] = _wire.SessionStatus(status).value
-        return self._list_all("list_sessions", _wire.SESSIONS_PATH, params)
-
     def _list_all(self, call: str, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         page_number = 1
@@ -362,13 +345,104 @@ class BrowserUseHook(BaseHook):
                 return items
             page_number += 1
 
+    # --- account ----------------------------------------------------------------------------
+
+    def get_account(self) -> dict[str, Any]:
+        """Return the account (``GET /billing/account``, AccountView): balances and plan.
+
+        :return: the AccountView (``projectId``, ``planInfo``, balances; the session cap on
+            newer servers).
+        :raises BrowserUseAPIError: the call failed; 401 names the connection to fix.
+        """
+        return self._call_for_dict("get_account", "GET", _wire.ACCOUNT_PATH)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the key with the side-effect-free account call, for ``airflow connections test``.
+
+        :return: ``(True, "Connected to Browser Use: project ..., plan.")`` or ``(False, why)``;
+            never raises.
+        """
+        try:
+            account = self.get_account()
+        except Exception as error:
+            return False, str(error)
+        plan = (account.get("planInfo") or {}).get("planName", "unknown plan")
+        return True, f"Connected to Browser Use: project {account.get('projectId')}, {plan}."
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    def create_session(self, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Start a session (``POST /sessions``); never resent after an ambiguous failure.
+
+        Mind the API's default ``keepAlive`` of true: such a session bills until stopped.
+
+        :param body: CreateSessionRequest fields, with the API's names (``keepAlive``, ...).
+        :return: the new session (SessionItemView).
+        :raises BrowserUseAPIError: the call failed (429: the concurrent-session cap); after a
+            dropped connection, a timeout or a 5xx the session may exist all the same.
+        """
+        return self._call_for_dict(
+            "create_session", "POST", _wire.SESSIONS_PATH, json=dict(body or {}), resend_safe=False
+        )
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        """Return the session (``GET /sessions/{id}``) with its tasks.
+
+        :param session_id: the session's id (a UUID).
+        :return: the SessionView, with ``tasks`` and the access-granting ``liveUrl``.
+        :raises ValueError: ``session_id`` is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown session.
+        """
+        session_id = _wire.require_uuid(session_id, "session_id")
+        return self._call_for_dict(f"get_session({session_id})", "GET", _wire.session_path(session_id))
+
+    def stop_session(self, session_id: str) -> dict[str, Any]:
+        """Stop the session and its running tasks (``PATCH /sessions/{id}`` with ``stop``).
+
+        :param session_id: the session's id (a UUID).
+        :return: the SessionView after the stop (``status`` may still be ``active`` a moment).
+        :raises ValueError: ``session_id`` is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown session.
+        """
+        session_id = _wire.require_uuid(session_id, "session_id")
+        return self._call_for_dict(
+            f"stop_session({session_id})", "PATCH", _wire.session_path(session_id), json=_wire.STOP_SESSION_BODY
+        )
+
+    def list_sessions(self, status: str | _wire.SessionStatus | None = None) -> list[dict[str, Any]]:
+        """Return every session, following all pages (``GET /sessions``).
+
+        :param status: only sessions with this status (``active`` or ``stopped``).
+        :return: the SessionItemViews, newest first.
+        :raises ValueError: an unknown ``status``.
+        :raises BrowserUseAPIError: a page could not be read.
+        """
+        params: dict[str, Any] = {"pageSize": _wire.MAX_PAGE_SIZE}
+        if status is not None:
+            params["filterBy"] = _wire.SessionStatus(status).value
+        return self._list_all("list_sessions", _wire.SESSIONS_PATH, params)
+
+    def session_ui_url(self, session_id: str) -> str:
+        """Return the session's page in the Browser Use web app (needs a login; grants nothing).
+
+        :param session_id: the session's id (a UUID).
+        :return: ``{ui_base_url}/sessions/{id}``, from the connection's ``ui_base_url`` extra.
+        :raises ValueError: ``session_id`` is not a UUID.
+        """
+        return _wire.session_ui_url(self.settings.ui_base_url, _wire.require_uuid(session_id, "session_id"))
+
     # --- tasks ------------------------------------------------------------------------------
 
     def create_task(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Start an agent task (``POST /tasks``) with the API's CreateTaskRequest fields.
+        """Start an agent task (``POST /tasks``); never resent after an ambiguous failure.
 
-        Returns ``{"id": ..., "sessionId": ...}``. Without ``sessionId`` the API starts a
-        one-off session that closes when the task ends. Never resent after an ambiguous failure.
+        Without ``sessionId`` the API starts a one-off session that closes when the task ends.
+
+        :param body: CreateTaskRequest fields, with the API's names (``task``, ``sessionId``...).
+        :return: ``{"id": ..., "sessionId": ...}``.
+        :raises ValueError: an empty ``task``, or a ``sessionId`` that is not a UUID.
+        :raises BrowserUseAPIError: the call failed; after a dropped connection, a timeout or
+            a 5xx the task may exist all the same (find it by its ``metadata``).
         """
         task = body.get("task")
         if not isinstance(task, str) or not task.strip():
@@ -377,69 +451,40 @@ class BrowserUseHook(BaseHook):
             body = {**body, "sessionId": _wire.require_uuid(body["sessionId"], "session_id")}
         return self._call_for_dict("create_task", "POST", _wire.TASKS_PATH, json=dict(body), resend_safe=False)
 
-    def get_task(self, task_id: str) -> dict[str, Any]:
-        """The full task (TaskView) with steps, output files and judgement: fetch it once."""
-        task_id = _wire.require_uuid(task_id, "browser_use_task_id")
+    def get_task(self, browser_use_task_id: str) -> dict[str, Any]:
+        """Return the full task (``GET /tasks/{id}``): fetch it once, at the end.
+
+        :param browser_use_task_id: the task's id (a UUID).
+        :return: the TaskView with steps, output, output files and judgement.
+        :raises ValueError: the id is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown task.
+        """
+        task_id = _wire.require_uuid(browser_use_task_id, "browser_use_task_id")
         return self._call_for_dict(f"get_task({task_id})", "GET", _wire.task_path(task_id))
 
-    def get_task_status(self, task_id: str) -> dict[str, Any]:
-        """The light task status (TaskStatusView) meant for polling."""
-        task_id = _wire.require_uuid(task_id, "browser_use_task_id")
+    def get_task_status(self, browser_use_task_id: str) -> dict[str, Any]:
+        """Return the light task status (``GET /tasks/{id}/status``), the call meant for polling.
+
+        :param browser_use_task_id: the task's id (a UUID).
+        :return: the TaskStatusView: ``status``, ``output``, ``isSuccess``, ``cost``...
+        :raises ValueError: the id is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown task.
+        """
+        task_id = _wire.require_uuid(browser_use_task_id, "browser_use_task_id")
         return self._call_for_dict(f"get_task_status({task_id})", "GET", _wire.task_status_path(task_id))
 
-    def stop_task(self, task_id: str, *, stop_session: bool = False) -> dict[str, Any]:
-        """Stop the task, and with ``stop_session`` its session too; returns the TaskView."""
-        task_id = _wire.require_uuid(task_id, "browser_use_task_id")
+    def stop_task(self, browser_use_task_id: str, *, stop_session: bool = False) -> dict[str, Any]:
+        """Stop the task (``PATCH /tasks/{id}``), and with ``stop_session`` its session too.
+
+        :param browser_use_task_id: the task's id (a UUID).
+        :param stop_session: stop the task's session as well (``stop_task_and_session``).
+        :return: the TaskView after the stop.
+        :raises ValueError: the id is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown task.
+        """
+        task_id = _wire.require_uuid(browser_use_task_id, "browser_use_task_id")
         body = _wire.STOP_TASK_AND_SESSION_BODY if stop_session else _wire.STOP_TASK_BODY
         return self._call_for_dict(f"stop_task({task_id})", "PATCH", _wire.task_path(task_id), json=body)
-
-    def get_output_file(self, task_id: str, file_id: str) -> dict[str, Any]:
-        """An output file's name and presigned ``downloadUrl`` (short-lived; grants access)."""
-        task_id = _wire.require_uuid(task_id, "browser_use_task_id")
-        file_id = _wire.require_uuid(file_id, "file_id")
-        return self._call_for_dict(f"get_output_file({task_id})", "GET", _wire.output_file_path(task_id, file_id))
-
-    def download(self, url: str, destination: BinaryIO, *, call: str = "download") -> int:
-        """Stream a presigned URL into ``destination``; returns the bytes written.
-
-        The API key is not sent: a presigned URL carries its own grant, often to another host.
-        Each attempt goes to a local spool, copied to ``destination`` once it is complete, so a
-        retry never needs to rewind a destination that cannot seek (an S3 or GCS upload).
-        """
-        import shutil
-        import tempfile
-
-        import requests
-
-        def attempt() -> tempfile.SpooledTemporaryFile[bytes]:
-            spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115 (returned open)
-            try:
-                with requests.get(url, stream=True, timeout=self.timeout, headers={"User-Agent": USER_AGENT}) as answer:
-                    if answer.status_code >= 400:
-                        raise api_error(
-                            call, self.browser_use_conn_id, status_code=answer.status_code, body=answer.text[:200]
-                        )
-                    for chunk in answer.iter_content(chunk_size=1 << 16):
-                        spool.write(chunk)
-            except requests.RequestException as error:  # the URL is in the message: keep it out
-                spool.close()
-                raise api_error(
-                    call, self.browser_use_conn_id, kind="interrupted", reason=type(error).__name__
-                ) from None
-            except BaseException:
-                spool.close()
-                raise
-            return spool
-
-        with self._retrying(True)(attempt) as spool:
-            size = spool.tell()
-            spool.seek(0)
-            shutil.copyfileobj(spool, destination)
-        return size
-
-    def session_ui_url(self, session_id: str) -> str:
-        """The session's page in the Browser Use web app (from the connection's ``ui_base_url``)."""
-        return _wire.session_ui_url(self.settings.ui_base_url, _wire.require_uuid(session_id, "session_id"))
 
     def list_tasks(
         self,
@@ -448,8 +493,15 @@ class BrowserUseHook(BaseHook):
         status: str | _wire.TaskStatus | None = None,
         after: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Every task (TaskItemView), following all pages, optionally of one session or status,
-        or created after ``after`` (epoch seconds)."""
+        """Return every task, following all pages (``GET /tasks``).
+
+        :param session_id: only the tasks of this session.
+        :param status: only tasks with this status.
+        :param after: only tasks created after this time (epoch seconds).
+        :return: the TaskItemViews (with ``metadata``), newest first.
+        :raises ValueError: ``session_id`` is not a UUID, or an unknown ``status``.
+        :raises BrowserUseAPIError: a page could not be read.
+        """
         params: dict[str, Any] = {"pageSize": _wire.MAX_PAGE_SIZE}
         if after is not None:
             params["after"] = _wire.format_timestamp(after)
@@ -459,52 +511,126 @@ class BrowserUseHook(BaseHook):
             params["filterBy"] = _wire.TaskStatus(status).value
         return self._list_all("list_tasks", _wire.TASKS_PATH, params)
 
+    # --- output files -----------------------------------------------------------------------
 
-# --- async, for triggers -----------------------------------------------------------------------
+    def get_output_file(self, browser_use_task_id: str, file_id: str) -> dict[str, Any]:
+        """Return an output file's name and presigned ``downloadUrl`` (short-lived; grants access).
 
-#: One small HTTP connection pool per event loop, shared by every trigger of this provider that
-#: runs in it: a triggerer with a thousand deferred tasks keeps at most this many keep-alive
-#: connections. Each connection is its own single-connection httpx client, handed out through a
-#: queue: httpcore's own pool does work in proportion to the square of its size on every request,
-#: which costs more CPU than the request itself when many triggers poll at once.
+        :param browser_use_task_id: the task's id (a UUID).
+        :param file_id: the file's id from the task's ``outputFiles`` (a UUID).
+        :return: ``{"id", "fileName", "downloadUrl"}``; keep the URL out of logs and XCom.
+        :raises ValueError: an id is not a UUID.
+        :raises BrowserUseAPIError: the call failed.
+        """
+        task_id = _wire.require_uuid(browser_use_task_id, "browser_use_task_id")
+        file_id = _wire.require_uuid(file_id, "file_id")
+        return self._call_for_dict(f"get_output_file({task_id})", "GET", _wire.output_file_path(task_id, file_id))
+
+    def download(self, url: str, destination: BinaryIO, *, call: str = "download") -> int:
+        """Stream a presigned URL into ``destination``, without the API key.
+
+        A presigned URL carries its own grant, often to another host. Each attempt goes to a
+        local spool, copied to ``destination`` once complete, so a retry never needs to rewind a
+        destination that cannot seek (an S3 or GCS upload).
+
+        :param url: the presigned URL (from :meth:`get_output_file`); never logged.
+        :param destination: a binary file object to write to.
+        :param call: how the download is named in errors.
+        :return: the number of bytes written.
+        :raises BrowserUseAPIError: the download failed after its retries.
+        """
+        with self._retrying_for(True)(self._download_once, url, call) as spool:
+            size = spool.tell()
+            spool.seek(0)
+            shutil.copyfileobj(spool, destination)
+        return size
+
+    def _download_once(self, url: str, call: str) -> tempfile.SpooledTemporaryFile[bytes]:
+        import requests
+
+        spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115 (returned open)
+        try:
+            with requests.get(url, stream=True, timeout=self.timeout, headers={"User-Agent": USER_AGENT}) as answer:
+                if answer.status_code >= 400:
+                    raise api_error(
+                        call, self.browser_use_conn_id, http_status=answer.status_code, body=answer.text[:200]
+                    )
+                for chunk in answer.iter_content(chunk_size=1 << 16):
+                    spool.write(chunk)
+        except requests.RequestException as error:  # the URL is in the message: keep it out
+            spool.close()
+            raise api_error(call, self.browser_use_conn_id, kind="interrupted", reason=type(error).__name__) from None
+        except BaseException:
+            spool.close()
+            raise
+        return spool
+
+
+# --- the async hook, for triggers --------------------------------------------------------------
+
+#: The most connections one event loop's pool keeps open, whatever the number of triggers.
 ASYNC_POOL_SIZE = 16
 
 
-class _LoopPool:
-    def __init__(self) -> None:
-        self.idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+class AsyncClientPool:
+    """The HTTP clients of one event loop, shared by every trigger of this provider in it.
+
+    A triggerer with a thousand deferred tasks keeps at most :data:`ASYNC_POOL_SIZE` keep-alive
+    connections. Each is its own single-connection ``httpx.AsyncClient``, lent out through a
+    queue: httpcore's own pool does work in proportion to the square of its size on every
+    request, which costs more CPU than the request itself when many triggers poll at once.
+    Clients carry no key; each request sends its own.
+    """
+
+    def __init__(self, size: int = ASYNC_POOL_SIZE) -> None:
+        self.size = size
         self.created = 0
-        self._ssl = httpx.create_ssl_context()  # loaded once: each load of the CA file costs ~50 ms
+        self.idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+        self.ssl_context = httpx.create_ssl_context()  # loaded once: each load of the CA file costs ~50 ms
 
     async def take(self) -> httpx.AsyncClient:
-        if self.idle.empty() and self.created < ASYNC_POOL_SIZE:
+        """Return an idle client, a new one while fewer than ``size`` exist, or wait for one."""
+        if self.idle.empty() and self.created < self.size:
             self.created += 1
             return httpx.AsyncClient(
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                verify=self._ssl,
+                verify=self.ssl_context,
             )
         return await self.idle.get()
 
+    def give_back(self, client: httpx.AsyncClient) -> None:
+        """Return a client taken with :meth:`take`."""
+        self.idle.put_nowait(client)
 
-_loop_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPool] = weakref.WeakKeyDictionary()
+    async def aclose(self) -> None:
+        """Close the idle clients (call when no request is in flight); the pool can be reused."""
+        while not self.idle.empty():
+            await self.idle.get_nowait().aclose()
+            self.created -= 1
 
 
-def shared_pool() -> _LoopPool:
-    """The running event loop's pool (created on first use)."""
+_loop_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClientPool] = weakref.WeakKeyDictionary()
+
+
+def shared_pool() -> AsyncClientPool:
+    """Return the running event loop's pool, created on first use."""
     loop = asyncio.get_running_loop()
-    pool = _loop_pools.get(loop)
-    if pool is None:
-        pool = _loop_pools[loop] = _LoopPool()
-    return pool
+    if loop not in _loop_pools:
+        _loop_pools[loop] = AsyncClientPool()
+    return _loop_pools[loop]
 
 
 class BrowserUseAsyncHook:
-    """The calls triggers need, over the shared async client, under the same retry policy.
+    """Make the calls triggers need, over the event loop's shared pool, under the same retry policy.
 
     Methods return the API's JSON as dicts and raise
     :class:`~airflow_provider_browseruse.exceptions.BrowserUseAPIError`, exactly as
     :class:`BrowserUseHook`. The connection is read with Airflow's async connection API.
+
+    :param browser_use_conn_id: the Airflow connection (type ``browser_use``).
+    :param timeout: seconds to wait for each HTTP answer.
+    :param retry_policy: retry limits; the default retries 5 times within 120 s.
     """
 
     def __init__(
@@ -521,13 +647,17 @@ class BrowserUseAsyncHook:
         self.log = logging.getLogger(__name__)
 
     async def settings(self) -> ApiSettings:
+        """Return the base URLs and key, read from the connection on first use (the key is masked).
+
+        :raises AirflowException: the connection has no key or an unusable base URL.
+        """
         if self._settings is None:
             try:
                 conn = await BaseHook.aget_connection(self.browser_use_conn_id)
             except ImportError:  # Airflow 3.1 outside a supervised process: read it off the loop
                 conn = await asyncio.to_thread(BaseHook.get_connection, self.browser_use_conn_id)
             self._settings = api_settings(conn, self.browser_use_conn_id)
-            BrowserUseHook._mask(self._settings.api_key)
+            mask_secret(self._settings.api_key)
         return self._settings
 
     async def _call(self, call: str, method: str, path: str, *, json: Any = None) -> dict[str, Any]:
@@ -555,7 +685,7 @@ class BrowserUseAsyncHook:
         except httpx.TransportError as error:  # read timeout, dropped connection, broken answer
             raise api_error(call, conn_id, kind="interrupted", reason=type(error).__name__) from error
         finally:
-            pool.idle.put_nowait(client)
+            pool.give_back(client)
         return read_answer(
             call,
             conn_id,
@@ -566,20 +696,47 @@ class BrowserUseAsyncHook:
         )
 
     async def get_session(self, session_id: str) -> dict[str, Any]:
+        """Return the session (SessionView); as :meth:`BrowserUseHook.get_session`.
+
+        :param session_id: the session's id (a UUID).
+        :raises ValueError: ``session_id`` is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown session.
+        """
         session_id = _wire.require_uuid(session_id, "session_id")
         return await self._call(f"get_session({session_id})", "GET", _wire.session_path(session_id))
 
     async def stop_session(self, session_id: str) -> dict[str, Any]:
+        """Stop the session and its running tasks; as :meth:`BrowserUseHook.stop_session`.
+
+        :param session_id: the session's id (a UUID).
+        :return: the SessionView after the stop.
+        :raises ValueError: ``session_id`` is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown session.
+        """
         session_id = _wire.require_uuid(session_id, "session_id")
         return await self._call(
             f"stop_session({session_id})", "PATCH", _wire.session_path(session_id), json=_wire.STOP_SESSION_BODY
         )
 
-    async def get_task_status(self, task_id: str) -> dict[str, Any]:
-        task_id = _wire.require_uuid(task_id, "browser_use_task_id")
+    async def get_task_status(self, browser_use_task_id: str) -> dict[str, Any]:
+        """Return the light task status (TaskStatusView); as :meth:`BrowserUseHook.get_task_status`.
+
+        :param browser_use_task_id: the task's id (a UUID).
+        :raises ValueError: the id is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown task.
+        """
+        task_id = _wire.require_uuid(browser_use_task_id, "browser_use_task_id")
         return await self._call(f"get_task_status({task_id})", "GET", _wire.task_status_path(task_id))
 
-    async def stop_task(self, task_id: str, *, stop_session: bool = False) -> dict[str, Any]:
-        task_id = _wire.require_uuid(task_id, "browser_use_task_id")
+    async def stop_task(self, browser_use_task_id: str, *, stop_session: bool = False) -> dict[str, Any]:
+        """Stop the task, and with ``stop_session`` its session; as :meth:`BrowserUseHook.stop_task`.
+
+        :param browser_use_task_id: the task's id (a UUID).
+        :param stop_session: stop the task's session as well.
+        :return: the TaskView after the stop.
+        :raises ValueError: the id is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown task.
+        """
+        task_id = _wire.require_uuid(browser_use_task_id, "browser_use_task_id")
         body = _wire.STOP_TASK_AND_SESSION_BODY if stop_session else _wire.STOP_TASK_BODY
         return await self._call(f"stop_task({task_id})", "PATCH", _wire.task_path(task_id), json=body)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseOperatorLink
+from airflow.sdk.execution_time.xcom import XCom
+
+from airflow_provider_browseruse._common import SESSION_URL_KEY
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
-
-#: XCom key under which operators push the session page's URL (it needs a login; no grant).
-SESSION_URL_KEY = "browser_use_session_url"
 
 
 class BrowserUseSessionLink(BaseOperatorLink):
@@ -20,6 +20,4 @@ class BrowserUseSessionLink(BaseOperatorLink):
     name = "Browser Use session"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
         return XCom.get_value(ti_key=ti_key, key=SESSION_URL_KEY) or ""

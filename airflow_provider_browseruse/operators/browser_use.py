@@ -1,4 +1,4 @@
-"""Operators for the Browser Use Cloud API: thin; the rules live in ``_wire`` and the hook."""
+"""Operators for the Browser Use Cloud API: thin; the rules live in ``_wire``, ``_common`` and the hook."""
 
 from __future__ import annotations
 
@@ -9,74 +9,40 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.log import mask_secret
 
 from airflow_provider_browseruse import _wire
+from airflow_provider_browseruse._common import (
+    BROWSER_USE_TASK_ID_KEY,
+    TASK_OUTPUTS_KEY,
+    check_id_if_known,
+    check_positive,
+    default_deferrable,
+    finish_task,
+    publish_session,
+    push_session,
+    require_id,
+    schema_of,
+    session_event,
+    task_event,
+    wall_clock_deadline,
+)
 from airflow_provider_browseruse._compat import AirflowException, AirflowFailException
-from airflow_provider_browseruse.links.browser_use import SESSION_URL_KEY, BrowserUseSessionLink
+from airflow_provider_browseruse._retry import LISTING_CLOCK_SKEW, look_again, may_have_taken_effect
+from airflow_provider_browseruse.exceptions import BrowserUseAPIError
+from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+from airflow_provider_browseruse.links.browser_use import BrowserUseSessionLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+# The triggers module is imported only when an operator defers: airflow.triggers.base costs every
+# DAG file that imports these operators ~8 ms (make bench), and most tasks never defer.
 
-TASK_OUTPUTS_KEY = "task_outputs"
-SESSION_ID_KEY = "session_id"
-TASK_ID_KEY = "task_id"
-TASK_KEY = "task"
-OUTPUT_FILES_KEY = "output_files"
-
-
-def check_id_if_known(value: Any, parameter: str) -> None:
-    """Check an id at DAG-parse time when it is already a value, not a template or an XComArg."""
-    if isinstance(value, str) and "{{" not in value:
-        _wire.require_uuid(value, parameter)
-
-
-def check_positive(value: float, parameter: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{parameter} must be a positive number of seconds, got {value!r}")
-
-
-def require_id(value: Any, parameter: str) -> str:
-    """A rendered id as a UUID string; a bad one fails the task without retries."""
-    try:
-        return _wire.require_uuid(value, parameter)
-    except ValueError as error:
-        raise AirflowFailException(str(error)) from error
-
-
-def default_deferrable() -> bool:
-    """Airflow's ``[operators] default_deferrable``, the default of every ``deferrable=``."""
-    from airflow.configuration import conf
-
-    return conf.getboolean("operators", "default_deferrable", fallback=False)
-
-
-def wall_clock_deadline(operator: BaseOperator, context: Context, timeout: float) -> float:
-    """When a deferred wait must end (``time.time()``): the operator's own timeout, or its
-    ``execution_timeout`` from the start of this try if that comes first. Airflow does not
-    apply ``execution_timeout`` to a deferral, and its defer timeout skips ``execute_complete``,
-    so the trigger itself must fire a timeout event in time for the remote work to be stopped."""
-    deadline = time.time() + timeout
-    if operator.execution_timeout is not None:
-        started = getattr(context["ti"], "start_date", None)
-        begin = started.timestamp() if started is not None else time.time()
-        deadline = min(deadline, begin + operator.execution_timeout.total_seconds())
-    return deadline
-
-
-def publish_session(context: Context, view: dict[str, Any], log: Any) -> dict[str, Any]:
-    """Push ``task_outputs`` to XCom, log the cost, and return the view fit for XCom."""
-    outputs = _wire.task_outputs(view)
-    context["ti"].xcom_push(key=TASK_OUTPUTS_KEY, value=outputs)
-    log.info(
-        "Session %s is %s: %d task(s), total cost $%s",
-        view.get("id"),
-        view.get("status"),
-        len(outputs),
-        _wire.session_cost(view),
-    )
-    return _wire.without_access_urls(view)
+#: Metadata pairs the provider keeps for its own tags (see ``_wire.TAG_*``).
+OWN_TAGS = 5
+#: How far the API's clock may be from the worker's when matching a session's ``startedAt``.
+SESSION_START_SKEW = 5.0
 
 
 class BrowserUseBaseOperator(BaseOperator):
@@ -90,14 +56,7 @@ class BrowserUseBaseOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> BrowserUseHook:
-        from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
-
         return BrowserUseHook(self.browser_use_conn_id)
-
-    def push_session(self, context: Context, session_id: str) -> None:
-        """Push the session id and its page's URL (for the extra link) as soon as they are known."""
-        context["ti"].xcom_push(key=SESSION_ID_KEY, value=session_id)
-        context["ti"].xcom_push(key=SESSION_URL_KEY, value=self.hook.session_ui_url(session_id))
 
 
 class StopSessionOperator(BrowserUseBaseOperator):
@@ -145,47 +104,48 @@ class StopSessionOperator(BrowserUseBaseOperator):
         self.deferrable = default_deferrable() if deferrable is None else deferrable
 
     def execute(self, context: Context) -> dict[str, Any] | None:
-        from airflow_provider_browseruse.exceptions import BrowserUseAPIError
-
         session_id = require_id(self.session_id, "session_id")
-        context["ti"].xcom_push(key=SESSION_URL_KEY, value=self.hook.session_ui_url(session_id))
+        push_session(context["ti"], self.hook, session_id)
         try:
             view = self.hook.stop_session(session_id)
         except BrowserUseAPIError as error:
             if not error.is_not_found:
                 raise
-            if self.missing_ok:
-                self.log.info("Session %s does not exist (any more): nothing to stop.", session_id)
-                context["ti"].xcom_push(key=TASK_OUTPUTS_KEY, value=[])
-                return None
-            raise AirflowFailException(f"{error}. Is session_id right? Set missing_ok=True to allow this.") from error
+            if not self.missing_ok:
+                raise AirflowFailException(
+                    f"{error}. Is session_id right? Set missing_ok=True to allow this."
+                ) from error
+            self.log.info("Session %s does not exist (any more): nothing to stop.", session_id)
+            context["ti"].xcom_push(key=TASK_OUTPUTS_KEY, value=[])
+            return None
         if _wire.session_status(view) is _wire.SessionStatus.STOPPED:
             self.log.info("Session %s is stopped (finished at %s).", session_id, view.get("finishedAt"))
         elif self.deferrable:
-            from airflow_provider_browseruse.triggers.browser_use import SessionStatusTrigger
-
-            self.defer(
-                trigger=SessionStatusTrigger(
-                    session_id,
-                    browser_use_conn_id=self.browser_use_conn_id,
-                    poll_interval=self.poll_interval,
-                    end_time=wall_clock_deadline(self, context, self.timeout),
-                ),
-                method_name="execute_complete",
-            )
+            self._defer(context, session_id)
         else:
             view = self._wait_until_stopped(session_id)
-        return publish_session(context, view, self.log)
+        return publish_session(context["ti"], self.log, view)
+
+    def _defer(self, context: Context, session_id: str) -> None:
+        from airflow_provider_browseruse.triggers.browser_use import SessionStatusTrigger
+
+        self.defer(
+            trigger=SessionStatusTrigger(
+                session_id,
+                browser_use_conn_id=self.browser_use_conn_id,
+                poll_interval=self.poll_interval,
+                end_time=wall_clock_deadline(self.timeout, self.execution_timeout, context["ti"]),
+            ),
+            method_name="execute_complete",
+        )
 
     def execute_complete(self, context: Context, event: Any) -> dict[str, Any]:
         """Resume after the deferred wait for ``stopped``."""
-        from airflow_provider_browseruse.triggers.browser_use import session_event
-
         session_id = require_id(self.session_id, "session_id")
         event = session_event(event, session_id)
         if event["event"] != "stopped":
             raise AirflowException(f"Session {session_id} was asked to stop but did not: {event.get('message')}")
-        return publish_session(context, self.hook.get_session(session_id), self.log)
+        return publish_session(context["ti"], self.log, self.hook.get_session(session_id))
 
     def _wait_until_stopped(self, session_id: str) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
@@ -267,132 +227,56 @@ class CreateSessionOperator(BrowserUseBaseOperator):
             },
             self.extra_fields,
         )
-        from airflow_provider_browseruse._retry import may_have_taken_effect
-        from airflow_provider_browseruse.exceptions import BrowserUseAPIError
+        session = self._create(body)
+        session_id = str(session["id"])
+        push_session(context["ti"], self.hook, session_id)
+        self.log.info("Started Browser Use session %s (keepAlive %s).", session_id, session.get("keepAlive"))
+        return session_id
 
+    def _create(self, body: Mapping[str, Any]) -> dict[str, Any]:
         asked_at = time.time()
         try:
-            session = self.hook.create_session(body)
+            return self.hook.create_session(body)
         except BrowserUseAPIError as error:
             if not may_have_taken_effect(error):
                 raise
             self.log.warning("Creating the session may or may not have worked (%s); looking for it.", error)
-            session = self._created_session(asked_at, body, error)
-        session_id = str(session["id"])
-        self.push_session(context, session_id)
-        self.log.info("Started Browser Use session %s (keepAlive %s).", session_id, session.get("keepAlive"))
-        return session_id
+            found = look_again(lambda: self._only_new_session(asked_at, body))
+            if found is None:
+                raise AirflowException(f"{error}. It may have started a session; none was found.") from error
+            self.log.warning("Found the session the failed call created: %s.", found["id"])
+            return found
 
-    def _created_session(self, asked_at: float, body: Mapping[str, Any], error: Exception) -> dict[str, Any]:
-        """The session an ambiguous create made, if exactly one new active session fits it.
+    def _only_new_session(self, asked_at: float, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The one active session that started around ``asked_at`` with the asked ``keepAlive``.
 
-        Sessions carry no tags, so this adopts a session only when it is the one active session
-        that started around the call with the asked keepAlive; with none or several, it fails
-        (stopping a session another DAG started would be worse than failing).
+        Sessions carry no tags, so a session is adopted only when it is the only one that fits;
+        with several this fails, since stopping a session another DAG started would be worse.
         """
-        from airflow_provider_browseruse._retry import RECONCILE_WAITS
-
-        skew = 5.0  # the API's clock and the worker's may differ a little
-        candidates: list[dict[str, Any]] = []
-        for wait in RECONCILE_WAITS:
-            time.sleep(wait)
-            candidates = [
-                s
-                for s in self.hook.list_sessions(status=_wire.SessionStatus.ACTIVE)
-                if (_wire.parse_timestamp(s.get("startedAt")) or 0) >= asked_at - skew
-                and s.get("keepAlive") == body.get("keepAlive", True)
-            ]
-            if len(candidates) == 1:
-                self.log.warning("Found the session the failed call created: %s.", candidates[0]["id"])
-                return candidates[0]
-            if len(candidates) > 1:
-                break
-        ids = ", ".join(str(s["id"]) for s in candidates) or "none"
-        raise AirflowException(f"{error}. It may have started a session; candidates: {ids}.") from error
-
-
-def finish_task(
-    operator: BrowserUseBaseOperator,
-    context: Context,
-    task_id: str,
-    *,
-    success_policy: _wire.SuccessPolicy,
-    structured_output: Any,
-    output_files_path: Any,
-) -> tuple[Any, dict[str, Any]]:
-    """Fetch an ended task once, publish it, apply the success policy; returns output and task.
-
-    Shared by RunTaskOperator and TaskCompletedSensor so that both push the same values.
-    """
-    task = operator.hook.get_task(task_id)
-    context["ti"].xcom_push(key=TASK_KEY, value=_wire.task_without_steps(task))
-    context["ti"].xcom_push(key=SESSION_ID_KEY, value=task["sessionId"])
-    context["ti"].xcom_push(key=SESSION_URL_KEY, value=operator.hook.session_ui_url(task["sessionId"]))
-    operator.log.info(
-        "Browser Use task %s %s (isSuccess %s, judgeVerdict %s); cost $%s.",
-        task_id,
-        task.get("status"),
-        task.get("isSuccess"),
-        task.get("judgeVerdict"),
-        _wire.to_decimal(task.get("cost")),
-    )
-    failure = _wire.task_failure(task, success_policy)
-    if failure is not None:
-        raise AirflowException(failure)
-    try:
-        output = _wire.parse_output(task.get("output"), schema_of(structured_output))
-        if isinstance(structured_output, type):
-            model: Any = structured_output
-            output = model.model_validate(output).model_dump(mode="json")
-    except ValueError as error:  # pydantic's ValidationError is a ValueError too
-        raise AirflowException(f"Browser Use task {task_id}: {error}") from error
-    if output_files_path is not None:
-        context["ti"].xcom_push(key=OUTPUT_FILES_KEY, value=download_output_files(operator, task, output_files_path))
-    return output, task
-
-
-def schema_of(structured_output: Any) -> dict[str, Any] | None:
-    """The JSON Schema of a ``structured_output`` parameter: a dict, or a pydantic model class."""
-    if structured_output is None:
-        return None
-    if isinstance(structured_output, type) and hasattr(structured_output, "model_json_schema"):
-        return structured_output.model_json_schema()
-    if isinstance(structured_output, Mapping):
-        return dict(structured_output)
-    raise ValueError(
-        f"structured_output must be a JSON Schema dict or a pydantic model class, got {structured_output!r}"
-    )
-
-
-def download_output_files(operator: BrowserUseBaseOperator, task: Mapping[str, Any], target: Any) -> list[str]:
-    """Download the task's output files under ``target``/<task id>/; returns their paths."""
-    from airflow.sdk import ObjectStoragePath
-
-    folder = ObjectStoragePath(str(target)) / str(task["id"])
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for file in task.get("outputFiles") or []:
-        name = str(file["fileName"]).replace("/", "_")
-        answer = operator.hook.get_output_file(task["id"], file["id"])
-        path = folder / name
-        with path.open("wb") as destination:
-            size = operator.hook.download(answer["downloadUrl"], destination, call=f"download({name})")
-        operator.log.info("Saved output file %s (%d bytes) to %s", name, size, path)
-        paths.append(str(path))
-    return paths
+        fits = [
+            session
+            for session in self.hook.list_sessions(status=_wire.SessionStatus.ACTIVE)
+            if (_wire.parse_timestamp(session.get("startedAt")) or 0) >= asked_at - SESSION_START_SKEW
+            and session.get("keepAlive") == body.get("keepAlive", True)
+        ]
+        if len(fits) > 1:
+            ids = ", ".join(str(session["id"]) for session in fits)
+            raise AirflowException(f"Creating the session may have worked, but several sessions fit: {ids}.")
+        return fits[0] if fits else None
 
 
 class RunTaskOperator(BrowserUseBaseOperator):
     """Run a Browser Use agent task, wait for it to end, and return its output.
 
     The task runs in ``session_id`` or, without it, in a one-off session that closes when the
-    task ends. Ids go to XCom (``task_id``, ``session_id``) as soon as the task exists.
-    While waiting, the light status endpoint is polled every ``poll_interval`` seconds; the
-    full task is fetched once at the end and pushed (without its steps) under the key ``task``.
+    task ends. Ids go to XCom (``browser_use_task_id``, ``session_id``) as soon as the task
+    exists. While waiting, the light status endpoint is polled every ``poll_interval`` seconds;
+    the full task is fetched once at the end and pushed (without its steps) under the key ``task``.
 
-    Success: ``finished`` is required; ``failed`` and ``stopped`` fail the Airflow task with the
-    output and judgement in the message; ``success_policy`` decides what a ``finished`` needs
-    (``agent``: isSuccess not false, the default; ``judge``: judgeVerdict true; ``lenient``).
+    Success: ``finished`` is required; ``failed`` and ``stopped`` fail the Airflow task with a
+    :class:`~airflow_provider_browseruse.exceptions.BrowserUseTaskError` carrying the task's id,
+    status and output; ``success_policy`` decides what a ``finished`` needs (``agent``: isSuccess
+    not false, the default; ``judge``: judgeVerdict true; ``lenient``).
 
     Returns the output: the text, or with ``structured_output`` the parsed JSON (checked
     against the schema; a pydantic model class is validated and returned as a dict).
@@ -415,7 +299,8 @@ class RunTaskOperator(BrowserUseBaseOperator):
     :param allowed_domains: domains the agent may visit.
     :param judge: ask the API's judge for a verdict; ``judge_ground_truth`` and ``judge_llm``
         refine it.
-    :param session_settings: settings for the one-off session (with the API's names).
+    :param session_settings: settings for the one-off session (with the API's names); refused
+        together with ``session_id``.
     :param extra_fields: further CreateTaskRequest fields, with the API's names, sent as given.
     :param success_policy: ``agent``, ``judge`` or ``lenient`` (see above).
     :param wait_for_completion: False returns the task id right after creation.
@@ -462,24 +347,6 @@ class RunTaskOperator(BrowserUseBaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(task, str) or not task.strip():
-            raise ValueError(f"task must be a non-empty prompt for the agent, got {task!r}")
-        check_id_if_known(session_id, "session_id")
-        check_positive(poll_interval, "poll_interval")
-        check_positive(timeout, "timeout")
-        self.success_policy = _wire.success_policy(success_policy)
-        if self.success_policy is _wire.SuccessPolicy.JUDGE and not judge:
-            raise ValueError("success_policy='judge' needs judge=True: without the judge there is no verdict")
-        if metadata is not None and len(metadata) > _wire.MAX_METADATA_PAIRS - 5:
-            raise ValueError(
-                f"metadata can hold at most {_wire.MAX_METADATA_PAIRS - 5} pairs of your own (the API allows "
-                f"{_wire.MAX_METADATA_PAIRS}; the provider uses 5 to find its tasks again), got {len(metadata)}"
-            )
-        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-            raise ValueError(f"max_steps must be a positive whole number, got {max_steps!r}")
-        schema = schema_of(structured_output)
-        if schema is not None and not isinstance(structured_output, type):
-            _wire.check_json_schema(schema, "structured_output")
         self.task = task
         self.session_id = session_id
         self.llm = llm
@@ -494,13 +361,48 @@ class RunTaskOperator(BrowserUseBaseOperator):
         self.judge_llm = judge_llm
         self.session_settings = dict(session_settings) if session_settings is not None else None
         self.extra_fields = dict(extra_fields or {})
+        self.success_policy = _wire.success_policy(success_policy)
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.stop_on_give_up = stop_on_give_up
         self.output_files_path = output_files_path
         self.deferrable = default_deferrable() if deferrable is None else deferrable
-        self._remote: tuple[str, bool] | None = None  # (task id, whether its session is ours to stop)
+        self._check_parameters()
+        #: The remote task this operator waits for, to stop if it gives up; None when there is none.
+        self._waited_task_id: str | None = None
+
+    def _check_parameters(self) -> None:
+        """Refuse at DAG parsing what can be known wrong then, naming the parameter."""
+        if not isinstance(self.task, str) or not self.task.strip():
+            raise ValueError(f"task must be a non-empty prompt for the agent, got {self.task!r}")
+        check_id_if_known(self.session_id, "session_id")
+        check_positive(self.poll_interval, "poll_interval")
+        check_positive(self.timeout, "timeout")
+        if self.success_policy is _wire.SuccessPolicy.JUDGE and not self.judge:
+            raise ValueError("success_policy='judge' needs judge=True: without the judge there is no verdict")
+        if self.metadata is not None and len(self.metadata) > _wire.MAX_METADATA_PAIRS - OWN_TAGS:
+            raise ValueError(
+                f"metadata can hold at most {_wire.MAX_METADATA_PAIRS - OWN_TAGS} pairs of your own (the API allows "
+                f"{_wire.MAX_METADATA_PAIRS}; the provider uses {OWN_TAGS} to find its tasks again), "
+                f"got {len(self.metadata)}"
+            )
+        max_steps = self.max_steps
+        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
+            raise ValueError(f"max_steps must be a positive whole number, got {max_steps!r}")
+        if self.session_settings is not None and self.session_id is not None:
+            raise ValueError(
+                "session_settings applies only to the one-off session a task starts without session_id; "
+                "give session_id or session_settings, not both (set the session's settings on CreateSessionOperator)"
+            )
+        schema = schema_of(self.structured_output)
+        if schema is not None and not isinstance(self.structured_output, type):
+            _wire.check_json_schema(schema, "structured_output")
+
+    @property
+    def _owns_session(self) -> bool:
+        """Whether the task runs in a one-off session this operator started (and so may stop)."""
+        return not self.session_id
 
     # --- building the request ----------------------------------------------------------------
 
@@ -517,8 +419,6 @@ class RunTaskOperator(BrowserUseBaseOperator):
     def _rendered_secrets(self, context: Context) -> dict[str, str] | None:
         if self.secrets is None:
             return None
-        from airflow.sdk.log import mask_secret
-
         rendered = self.render_template(self.secrets, context)
         for name, value in rendered.items():
             if not isinstance(value, str):
@@ -546,7 +446,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
                 "judge": self.judge or None,
                 "judge_ground_truth": self.judge_ground_truth,
                 "judge_llm": self.judge_llm,
-                "session_settings": self.session_settings if not self.session_id else None,
+                "session_settings": self.session_settings,
             },
             self.extra_fields,
         )
@@ -559,19 +459,20 @@ class RunTaskOperator(BrowserUseBaseOperator):
         tags = self._tags(context)
         body = self._request(context, tags)
         run_started = getattr(context.get("dag_run"), "start_date", None)
-        task_id, session_id = self._start(body, tags, run_started.timestamp() if run_started else None)
-        self._remote = (task_id, not self.session_id)
-        context["ti"].xcom_push(key=TASK_ID_KEY, value=task_id)
-        self.push_session(context, session_id)
+        started = self._start(body, tags, run_started.timestamp() if run_started else None)
+        task_id = str(started["id"])
+        context["ti"].xcom_push(key=BROWSER_USE_TASK_ID_KEY, value=task_id)
+        push_session(context["ti"], self.hook, str(started["sessionId"]))
         if not self.wait_for_completion:
             return task_id
+        self._waited_task_id = task_id
         if self.deferrable:
             self._defer_unless_ended(context, task_id)
         else:
             try:
                 self._wait(task_id)
             except BaseException:
-                self.give_up("the wait ended in an error")
+                self._stop_remote_work("the wait ended in an error")
                 raise
         return self._finish(context, task_id)
 
@@ -581,7 +482,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
         try:
             ended = _wire.task_status(self.hook.get_task_status(task_id)) in _wire.TASK_TERMINAL_STATUSES
         except BaseException:
-            self.give_up("the status check before deferring failed")
+            self._stop_remote_work("the status check before deferring failed")
             raise
         if ended:
             return
@@ -590,94 +491,84 @@ class RunTaskOperator(BrowserUseBaseOperator):
                 task_id,
                 browser_use_conn_id=self.browser_use_conn_id,
                 poll_interval=self.poll_interval,
-                end_time=wall_clock_deadline(self, context, self.timeout),
-                stop_on_kill=self.stop_on_give_up,
-                stop_session_on_kill=not self.session_id,
+                end_time=wall_clock_deadline(self.timeout, self.execution_timeout, context["ti"]),
+                stop_on_give_up=self.stop_on_give_up,
+                owns_session=self._owns_session,
             ),
             method_name="execute_complete",
         )
 
     def execute_complete(self, context: Context, event: Any) -> Any:
         """Resume after the deferred wait: finish, or stop the remote task and fail."""
-        from airflow_provider_browseruse.triggers.browser_use import task_event
-
-        expected = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key=TASK_ID_KEY)
+        expected = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key=BROWSER_USE_TASK_ID_KEY)
         event = task_event(event, expected)
         task_id = event["browser_use_task_id"]
-        self._remote = (task_id, not self.session_id)
+        self._waited_task_id = task_id
         if event["event"] == "timeout":
-            self.give_up("its deadline passed while deferred")
+            self._stop_remote_work("its deadline passed while deferred")
             raise AirflowException(
                 f"Browser Use task {task_id} did not end within the timeout ({self.timeout} s or the "
                 "execution_timeout); it was stopped."
             )
         if event["event"] == "error":
-            self.give_up("waiting for it failed")
+            self._stop_remote_work("waiting for it failed")
             raise AirflowException(f"Waiting for Browser Use task {task_id} failed: {event.get('message')}")
         return self._finish(context, task_id)
 
     def _finish(self, context: Context, task_id: str) -> Any:
-        self._remote = None
-        output, _ = finish_task(
-            self,
-            context,
+        self._waited_task_id = None  # it has ended: nothing left to stop
+        return finish_task(
+            self.hook,
+            context["ti"],
+            self.log,
             task_id,
             success_policy=self.success_policy,
             structured_output=self.structured_output,
             output_files_path=self.output_files_path,
         )
-        return output
 
-    def _start(self, body: dict[str, Any], tags: Mapping[str, str], since: float | None = None) -> tuple[str, str]:
-        """Find this task instance's remote task from an earlier try, or create one.
+    def _start(self, body: dict[str, Any], tags: Mapping[str, str], since: float | None = None) -> dict[str, Any]:
+        """Return this task instance's remote task from an earlier try, or create one.
 
         :param since: when the DAG run started (epoch seconds): no earlier task can be older.
         """
-        from airflow_provider_browseruse.exceptions import BrowserUseAPIError
-
         if int(tags[_wire.TAG_TRY]) > 1:
             earlier = self._earlier_task(tags, since)
             if earlier is not None:
                 return earlier
-        from airflow_provider_browseruse._retry import RECONCILE_WAITS, may_have_taken_effect
-
         asked_at = time.time()
         try:
             created = self.hook.create_task(body)
         except BrowserUseAPIError as error:
             if not may_have_taken_effect(error):
-                if error.status_code in (400, 404, 422):
+                if error.http_status in (400, 404, 422):
                     raise AirflowFailException(str(error)) from error
                 raise
             self.log.warning("Creating the task may or may not have worked (%s); looking for it.", error)
-            for wait in RECONCILE_WAITS:
-                time.sleep(wait)
-                recent = self.hook.list_tasks(after=asked_at - 300)  # clocks differ; a few minutes is plenty
-                found = [t for t in recent if t.get("metadata") == body["metadata"]]
-                if found:
-                    created = found[0]
-                    break
-            else:
-                raise
+            found = look_again(lambda: self._tagged_task(body["metadata"], asked_at))
+            if found is None:
+                raise AirflowException(f"{error}. No task it may have created was found.") from error
+            created = found
         self.log.info("Started Browser Use task %s in session %s.", created["id"], created["sessionId"])
-        return str(created["id"]), str(created["sessionId"])
+        return created
 
-    def _earlier_task(self, tags: Mapping[str, str], since: float | None) -> tuple[str, str] | None:
-        recent = self.hook.list_tasks(after=since - 300 if since is not None else None)
-        for task in recent:  # newest first
-            if not _wire.is_tagged_for(task, tags):
-                continue
-            status = _wire.task_status(task)
-            if status in _wire.TASK_FAILED_STATUSES:
-                return None  # the last try's task failed: this retry starts a new one
-            self.log.info(
-                "Try %s of this task started Browser Use task %s, which is %s: using it, not starting another.",
-                (task.get("metadata") or {}).get(_wire.TAG_TRY),
-                task["id"],
-                task.get("status"),
-            )
-            return str(task["id"]), str(task["sessionId"])
-        return None
+    def _tagged_task(self, tags: Mapping[str, str], since: float | None) -> dict[str, Any] | None:
+        """The newest task created after ``since`` (give or take the clocks) carrying ``tags``."""
+        recent = self.hook.list_tasks(after=since - LISTING_CLOCK_SKEW if since is not None else None)
+        return next((task for task in recent if _wire.is_tagged_for(task, tags)), None)
+
+    def _earlier_task(self, tags: Mapping[str, str], since: float | None) -> dict[str, Any] | None:
+        """The task an earlier try started, if it can still be used (running, or finished)."""
+        task = self._tagged_task({key: tags[key] for key in _wire.INSTANCE_TAGS}, since)
+        if task is None or _wire.task_status(task) in _wire.TASK_FAILED_STATUSES:
+            return None  # none, or it failed: this try starts a new one
+        self.log.info(
+            "Try %s of this task started Browser Use task %s, which is %s: using it, not starting another.",
+            (task.get("metadata") or {}).get(_wire.TAG_TRY),
+            task["id"],
+            task.get("status"),
+        )
+        return task
 
     def _wait(self, task_id: str) -> None:
         deadline = time.monotonic() + self.timeout
@@ -690,31 +581,27 @@ class RunTaskOperator(BrowserUseBaseOperator):
             if status is None:
                 self.log.warning("Task %s has a status this provider does not know: %r", task_id, view.get("status"))
             if time.monotonic() >= deadline:
-                self.give_up(f"it did not end within timeout={self.timeout} s")
+                self._stop_remote_work(f"it did not end within timeout={self.timeout} s")
                 raise AirflowException(
                     f"Browser Use task {task_id} did not end within {self.timeout} s; it was stopped."
                 )
             self.log.info("Task %s is %s.", task_id, view.get("status"))
 
-    def give_up(self, why: str) -> None:
-        """Stop the remote task (and a one-off session) this operator started; never raises."""
-        if self._remote is None or not self.stop_on_give_up:
+    def _stop_remote_work(self, why: str) -> None:
+        """Stop the task being waited for (and a one-off session this operator started); never raises."""
+        task_id, self._waited_task_id = self._waited_task_id, None
+        if task_id is None or not self.stop_on_give_up:
             return
-        task_id, own_session = self._remote
-        self._remote = None
         try:
-            self.hook.stop_task(task_id, stop_session=own_session)
-            self.log.warning(
-                "Stopped Browser Use task %s%s because %s.",
-                task_id,
-                " and its session" if own_session else "",
-                why,
-            )
+            self.hook.stop_task(task_id, stop_session=self._owns_session)
         except Exception as error:
             self.log.error("Could not stop Browser Use task %s (%s): stop it by hand.", task_id, error)
+            return
+        what = " and its session" if self._owns_session else ""
+        self.log.warning("Stopped Browser Use task %s%s because %s.", task_id, what, why)
 
     def on_kill(self) -> None:
-        self.give_up("the Airflow task was killed")
+        self._stop_remote_work("the Airflow task was killed")
 
 
 class StopTaskOperator(BrowserUseBaseOperator):
@@ -740,18 +627,16 @@ class StopTaskOperator(BrowserUseBaseOperator):
         self.missing_ok = missing_ok
 
     def execute(self, context: Context) -> dict[str, Any] | None:
-        from airflow_provider_browseruse.exceptions import BrowserUseAPIError
-
         task_id = require_id(self.browser_use_task_id, "browser_use_task_id")
         try:
             task = self.hook.stop_task(task_id, stop_session=self.stop_session)
         except BrowserUseAPIError as error:
             if not error.is_not_found:
                 raise
-            if self.missing_ok:
-                self.log.info("Task %s does not exist: nothing to stop.", task_id)
-                return None
-            raise AirflowFailException(f"{error}. Is browser_use_task_id right?") from error
-        self.push_session(context, str(task["sessionId"]))
+            if not self.missing_ok:
+                raise AirflowFailException(f"{error}. Is browser_use_task_id right?") from error
+            self.log.info("Task %s does not exist: nothing to stop.", task_id)
+            return None
+        push_session(context["ti"], self.hook, str(task["sessionId"]))
         self.log.info("Browser Use task %s is %s.", task_id, task.get("status"))
         return _wire.task_without_steps(task)

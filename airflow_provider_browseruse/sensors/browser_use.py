@@ -2,38 +2,48 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_browseruse import _wire
-from airflow_provider_browseruse._compat import AirflowException, AirflowFailException, AirflowSensorTimeout
-from airflow_provider_browseruse.links.browser_use import SESSION_URL_KEY, BrowserUseSessionLink
-from airflow_provider_browseruse.operators.browser_use import (
-    TASK_ID_KEY,
+from airflow_provider_browseruse._common import (
+    BROWSER_USE_TASK_ID_KEY,
     check_id_if_known,
     default_deferrable,
     finish_task,
     publish_session,
+    push_session,
     require_id,
     schema_of,
+    session_event,
+    task_event,
     wall_clock_deadline,
 )
+from airflow_provider_browseruse._compat import AirflowException, AirflowFailException, AirflowSensorTimeout
+from airflow_provider_browseruse.exceptions import BrowserUseAPIError
+from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+from airflow_provider_browseruse.links.browser_use import BrowserUseSessionLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.triggers.base import BaseTrigger
 
-    from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+# The triggers module is imported only when a sensor defers: airflow.triggers.base costs every
+# DAG file that imports these sensors ~8 ms (make bench).
 
 
 class BrowserUseBaseSensor(BaseSensorOperator):
-    """Holds the connection and, with ``deferrable``, checks once and then waits in the triggerer."""
+    """Holds the connection and the watched id; with ``deferrable``, checks once, then waits in
+    the triggerer."""
 
     operator_extra_links = (BrowserUseSessionLink(),)
-    done_event: str  # the trigger event that means the condition holds
+    #: The parameter naming what the sensor watches (``session_id`` or ``browser_use_task_id``).
+    watched_parameter: str
+    #: The trigger event that means the condition holds.
+    done_event: str
 
     def __init__(
         self, *, browser_use_conn_id: str = "browser_use_default", deferrable: bool | None = None, **kwargs: Any
@@ -44,9 +54,12 @@ class BrowserUseBaseSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> BrowserUseHook:
-        from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
-
         return BrowserUseHook(self.browser_use_conn_id)
+
+    @cached_property
+    def watched_id(self) -> str:
+        """The rendered id of what this sensor watches, checked once (a bad one fails without retries)."""
+        return require_id(getattr(self, self.watched_parameter), self.watched_parameter)
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
@@ -54,7 +67,7 @@ class BrowserUseBaseSensor(BaseSensorOperator):
         checked = self.poke(context)
         if checked.is_done:
             return checked.xcom_value
-        deadline = wall_clock_deadline(self, context, float(self.timeout))
+        deadline = wall_clock_deadline(float(self.timeout), self.execution_timeout, context["ti"])
         self.defer(trigger=self.trigger(deadline), method_name="execute_complete")
 
     def poke(self, context: Context) -> PokeReturnValue:
@@ -66,13 +79,22 @@ class BrowserUseBaseSensor(BaseSensorOperator):
     def checked_event(self, event: Any) -> dict[str, Any]:
         raise NotImplementedError
 
+    def read_watched(self, hook_method: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+        """Return ``hook_method(watched_id)``; an unknown id fails at once (no further pokes)."""
+        try:
+            return hook_method(self.watched_id)
+        except BrowserUseAPIError as error:
+            if error.is_not_found:
+                raise AirflowFailException(f"{error}. Is {self.watched_parameter} right?") from error
+            raise
+
     def execute_complete(self, context: Context, event: Any) -> Any:
         """Resume after the deferred wait: one last poke on success, a clear failure otherwise."""
         event = self.checked_event(event)
         if event["event"] == "timeout":
             raise AirflowSensorTimeout(f"{self.task_id}: the wait timed out after {self.timeout} s")
         if event["event"] == "error":
-            if event.get("status_code") == 404:
+            if event.get("http_status") == 404:
                 raise AirflowFailException(event.get("message"))
             raise AirflowException(event.get("message"))
         checked = self.poke(context)
@@ -85,8 +107,9 @@ class SessionStoppedSensor(BrowserUseBaseSensor):
     """Wait until a Browser Use session is ``stopped``.
 
     Works in ``poke`` and ``reschedule`` mode. When done, returns the final session without its
-    access-granting URLs and pushes ``task_outputs``, exactly as :class:`StopSessionOperator`.
-    An unknown session fails at once (no further pokes).
+    access-granting URLs and pushes ``task_outputs``, exactly as
+    :class:`~airflow_provider_browseruse.operators.browser_use.StopSessionOperator`. An unknown
+    session fails at once (no further pokes).
 
     :param session_id: the session to watch (templated).
     :param browser_use_conn_id: the Airflow connection (type ``browser_use``).
@@ -95,6 +118,7 @@ class SessionStoppedSensor(BrowserUseBaseSensor):
     """
 
     template_fields: Sequence[str] = ("session_id",)
+    watched_parameter = "session_id"
     done_event = "stopped"
 
     def __init__(self, *, session_id: str, **kwargs: Any) -> None:
@@ -106,41 +130,31 @@ class SessionStoppedSensor(BrowserUseBaseSensor):
         from airflow_provider_browseruse.triggers.browser_use import SessionStatusTrigger
 
         return SessionStatusTrigger(
-            require_id(self.session_id, "session_id"),
+            self.watched_id,
             browser_use_conn_id=self.browser_use_conn_id,
             poll_interval=float(self.poke_interval),
             end_time=end_time,
         )
 
     def checked_event(self, event: Any) -> dict[str, Any]:
-        from airflow_provider_browseruse.triggers.browser_use import session_event
-
-        return session_event(event, require_id(self.session_id, "session_id"))
+        return session_event(event, self.watched_id)
 
     def poke(self, context: Context) -> PokeReturnValue:
-        from airflow_provider_browseruse.exceptions import BrowserUseAPIError
-
-        session_id = require_id(self.session_id, "session_id")
-        context["ti"].xcom_push(key=SESSION_URL_KEY, value=self.hook.session_ui_url(session_id))
-        try:
-            view = self.hook.get_session(session_id)
-        except BrowserUseAPIError as error:
-            if error.is_not_found:
-                raise AirflowFailException(f"{error}. Is session_id right?") from error
-            raise
-        status = _wire.session_status(view)
-        if status is not _wire.SessionStatus.STOPPED:
-            self.log.info("Session %s is %s.", session_id, view.get("status"))
+        push_session(context["ti"], self.hook, self.watched_id)
+        view = self.read_watched(self.hook.get_session)
+        if _wire.session_status(view) is not _wire.SessionStatus.STOPPED:
+            self.log.info("Session %s is %s.", self.watched_id, view.get("status"))
             return PokeReturnValue(is_done=False)
-        return PokeReturnValue(is_done=True, xcom_value=publish_session(context, view, self.log))
+        return PokeReturnValue(is_done=True, xcom_value=publish_session(context["ti"], self.log, view))
 
 
 class TaskCompletedSensor(BrowserUseBaseSensor):
-    """Wait until a Browser Use task has ended, and judge it as :class:`RunTaskOperator` does.
+    """Wait until a Browser Use task has ended, and judge it as ``RunTaskOperator`` does.
 
     Done when the task is ``finished`` and passes ``success_policy``; fails on ``failed`` or
-    ``stopped`` (or a finished task the policy rejects), and at once on an unknown task. Pushes
-    ``task_id``, ``session_id`` and ``task`` and returns the output, like RunTaskOperator.
+    ``stopped`` (or a finished task the policy rejects) with a ``BrowserUseTaskError``, and at
+    once on an unknown task. Pushes ``browser_use_task_id``, ``session_id`` and ``task`` and
+    returns the output, like RunTaskOperator.
 
     :param browser_use_task_id: the Browser Use task to watch (templated).
     :param success_policy: ``agent`` (default), ``judge`` or ``lenient``.
@@ -150,6 +164,7 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
     """
 
     template_fields: Sequence[str] = ("browser_use_task_id", "output_files_path")
+    watched_parameter = "browser_use_task_id"
     done_event = "ended"
 
     def __init__(
@@ -173,35 +188,26 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
         from airflow_provider_browseruse.triggers.browser_use import TaskStatusTrigger
 
         return TaskStatusTrigger(
-            require_id(self.browser_use_task_id, "browser_use_task_id"),
+            self.watched_id,
             browser_use_conn_id=self.browser_use_conn_id,
             poll_interval=float(self.poke_interval),
             end_time=end_time,
         )
 
     def checked_event(self, event: Any) -> dict[str, Any]:
-        from airflow_provider_browseruse.triggers.browser_use import task_event
-
-        return task_event(event, require_id(self.browser_use_task_id, "browser_use_task_id"))
+        return task_event(event, self.watched_id)
 
     def poke(self, context: Context) -> PokeReturnValue:
-        from airflow_provider_browseruse.exceptions import BrowserUseAPIError
-
-        task_id = require_id(self.browser_use_task_id, "browser_use_task_id")
-        try:
-            view = self.hook.get_task_status(task_id)
-        except BrowserUseAPIError as error:
-            if error.is_not_found:
-                raise AirflowFailException(f"{error}. Is browser_use_task_id right?") from error
-            raise
+        view = self.read_watched(self.hook.get_task_status)
         if _wire.task_status(view) not in _wire.TASK_TERMINAL_STATUSES:
-            self.log.info("Task %s is %s.", task_id, view.get("status"))
+            self.log.info("Task %s is %s.", self.watched_id, view.get("status"))
             return PokeReturnValue(is_done=False)
-        context["ti"].xcom_push(key=TASK_ID_KEY, value=task_id)
-        output, _ = finish_task(
-            self,  # type: ignore[arg-type]
-            context,
-            task_id,
+        context["ti"].xcom_push(key=BROWSER_USE_TASK_ID_KEY, value=self.watched_id)
+        output = finish_task(
+            self.hook,
+            context["ti"],
+            self.log,
+            self.watched_id,
             success_policy=self.success_policy,
             structured_output=self.structured_output,
             output_files_path=self.output_files_path,

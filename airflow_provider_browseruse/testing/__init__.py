@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BrowserUseEmulator", "Fault", "OutputFile", "RequestRecord", "Scenario", "TaskScript"]
+__all__ = ["BrowserUseEmulator", "EmulatorProcess", "Fault", "OutputFile", "RequestRecord", "Scenario", "TaskScript"]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `python -m airflow_provider_browseruse.testing.emulator` imports it only once.
-    if name in ("BrowserUseEmulator", "Fault", "RequestRecord"):
+    if name in ("BrowserUseEmulator", "EmulatorProcess", "Fault", "RequestRecord"):
         from airflow_provider_browseruse.testing import emulator
 
         return getattr(emulator, name)

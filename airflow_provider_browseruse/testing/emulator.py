@@ -23,12 +23,16 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
@@ -631,6 +635,109 @@ class BrowserUseEmulator:
         self.clear_faults()
         with self._log_lock:
             self._requests.clear()
+
+
+class EmulatorProcess:
+    """The emulator's command line run in a child process, for demos and benchmarks whose own
+    process must not share its CPU with the server (tests use :class:`BrowserUseEmulator`).
+
+    ``with EmulatorProcess("bu_key") as emulator: ...`` starts it on a free loopback port and
+    stops it at the end of the block, whatever happened.
+
+    :param api_key: the only API key it accepts.
+    :param scenario: a scenario JSON file.
+    :param task_duration: seconds an unscripted task runs.
+    :param max_concurrent_sessions: the account's cap on active sessions.
+    :param env: the child's environment (default: this process's).
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        scenario: str | os.PathLike[str] | None = None,
+        task_duration: float | None = None,
+        max_concurrent_sessions: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.port = 0
+        self._options = {
+            "--scenario": scenario,
+            "--task-duration": task_duration,
+            "--max-concurrent-sessions": max_concurrent_sessions,
+        }
+        self._env = dict(env) if env is not None else None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> EmulatorProcess:
+        """Start the child; returns once it accepts connections.
+
+        :raises RuntimeError: it exited or did not listen within ``timeout`` seconds.
+        """
+        with socket.socket() as probe:  # a free port; the child binds it a moment later
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        command = [
+            sys.executable,
+            "-m",
+            "airflow_provider_browseruse.testing.emulator",
+            "--port",
+            str(self.port),
+            "--api-key",
+            self.api_key,
+        ]
+        command += [str(part) for name, value in self._options.items() if value is not None for part in (name, value)]
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=self._env)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"the emulator did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the child and wait for it to end."""
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def __enter__(self) -> EmulatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL, for the connection's host."""
+        return f"http://127.0.0.1:{self.port}{API_PREFIX}"
+
+    def airflow_connection(self) -> str:
+        """The connection as JSON, for ``AIRFLOW_CONN_<ID>`` (it holds the emulator's key)."""
+        return json.dumps({"conn_type": "browser_use", "host": self.base_url, "password": self.api_key})
+
+    def admin(self, path: str, body: Any = None) -> Any:
+        """Call the admin API (``GET`` without ``body``, ``POST`` with it); returns its JSON or None."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{ADMIN_PREFIX}/{path}",
+            data=data,
+            headers={"Content-Type": "application/json"},
+        )
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
+        with no_proxy.open(request, timeout=60) as answer:
+            content = answer.read()
+        return json.loads(content) if content else None
 
 
 def main(argv: list[str] | None = None) -> None:

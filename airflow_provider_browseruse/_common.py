@@ -1,0 +1,243 @@
+"""What the operators and sensors share: XCom keys, parameter checks, deadlines, trigger events
+and finishing an ended task. Airflow-side rules; the API's own rules live in ``_wire``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow.configuration import conf
+from airflow.sdk import ObjectStoragePath
+
+from airflow_provider_browseruse import _wire
+from airflow_provider_browseruse._compat import AirflowException, AirflowFailException
+from airflow_provider_browseruse.exceptions import BrowserUseTaskError
+
+if TYPE_CHECKING:
+    from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+
+
+class Log(Protocol):
+    """What these helpers need of a logger: an operator's ``self.log`` (stdlib or structlog)."""
+
+    def info(self, event: str, *args: Any) -> Any: ...
+
+
+# --- XCom keys ---------------------------------------------------------------------------------
+
+SESSION_ID_KEY = "session_id"
+BROWSER_USE_TASK_ID_KEY = "browser_use_task_id"
+#: The final task, without its steps.
+TASK_KEY = "task"
+#: For each task of a stopped session: id, status, output, success claims, cost.
+TASK_OUTPUTS_KEY = "task_outputs"
+OUTPUT_FILES_KEY = "output_files"
+#: The session's page in the web app, read by the extra link (needs a login; grants nothing).
+SESSION_URL_KEY = "browser_use_session_url"
+
+
+# --- parameters --------------------------------------------------------------------------------
+
+
+def check_id_if_known(value: Any, parameter: str) -> None:
+    """Check an id at DAG parsing when it is already a value, not a template or an XComArg.
+
+    :raises ValueError: naming ``parameter``.
+    """
+    if isinstance(value, str) and "{{" not in value:
+        _wire.require_uuid(value, parameter)
+
+
+def check_positive(value: Any, parameter: str) -> None:
+    """Check a number of seconds.
+
+    :raises ValueError: naming ``parameter``, unless ``value`` is a positive number.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+        raise ValueError(f"{parameter} must be a positive number of seconds, got {value!r}")
+
+
+def require_id(value: Any, parameter: str) -> str:
+    """Return a rendered id as a UUID string.
+
+    :raises AirflowFailException: naming ``parameter``; a bad id fails the task without retries.
+    """
+    try:
+        return _wire.require_uuid(value, parameter)
+    except ValueError as error:
+        raise AirflowFailException(str(error)) from error
+
+
+def default_deferrable() -> bool:
+    """Return Airflow's ``[operators] default_deferrable``, the default of every ``deferrable=``."""
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+def schema_of(structured_output: Any) -> dict[str, Any] | None:
+    """Return the JSON Schema of a ``structured_output`` parameter: a dict, or a pydantic model class.
+
+    :raises ValueError: anything else.
+    """
+    if structured_output is None:
+        return None
+    if isinstance(structured_output, type) and hasattr(structured_output, "model_json_schema"):
+        return structured_output.model_json_schema()
+    if isinstance(structured_output, Mapping):
+        return dict(structured_output)
+    raise ValueError(
+        f"structured_output must be a JSON Schema dict or a pydantic model class, got {structured_output!r}"
+    )
+
+
+# --- waiting -----------------------------------------------------------------------------------
+
+
+def wall_clock_deadline(timeout: float, execution_timeout: timedelta | None, ti: Any) -> float:
+    """Return when a deferred wait must end (``time.time()``).
+
+    That is ``timeout`` from now, or ``execution_timeout`` from the start of this try if that
+    comes first. Airflow does not apply ``execution_timeout`` to a deferral, and its defer
+    timeout skips ``execute_complete``, so the trigger itself must fire a timeout event in time
+    for the remote work to be stopped.
+    """
+    deadline = time.time() + timeout
+    if execution_timeout is not None:
+        started = getattr(ti, "start_date", None)
+        begin = started.timestamp() if started is not None else time.time()
+        deadline = min(deadline, begin + execution_timeout.total_seconds())
+    return deadline
+
+
+# --- trigger events ----------------------------------------------------------------------------
+
+TASK_EVENTS = frozenset({"ended", "timeout", "error"})
+SESSION_EVENTS = frozenset({"stopped", "timeout", "error"})
+
+
+def _checked_event(event: Any, id_key: str, expected_id: str, kinds: frozenset[str]) -> dict[str, Any]:
+    if not isinstance(event, Mapping) or event.get("event") not in kinds:
+        raise AirflowException(f"Unexpected event from the Browser Use trigger: {event!r}")
+    if event.get(id_key) != expected_id:
+        raise AirflowException(
+            f"The trigger reported on {id_key} {event.get(id_key)!r}, not {expected_id!r}: {event!r}"
+        )
+    return dict(event)
+
+
+def task_event(event: Any, expected_task_id: str) -> dict[str, Any]:
+    """Return a TaskStatusTrigger event once checked: a known kind, about ``expected_task_id``,
+    and for ``ended`` a terminal status.
+
+    :raises AirflowException: any other event.
+    """
+    checked = _checked_event(event, "browser_use_task_id", expected_task_id, TASK_EVENTS)
+    if checked["event"] == "ended" and _wire.task_status(checked, "task_status") not in _wire.TASK_TERMINAL_STATUSES:
+        raise AirflowException(f"The trigger reported an end with status {checked.get('task_status')!r}: {event!r}")
+    return checked
+
+
+def session_event(event: Any, expected_session_id: str) -> dict[str, Any]:
+    """Return a SessionStatusTrigger event once checked: a known kind, about ``expected_session_id``.
+
+    :raises AirflowException: any other event.
+    """
+    return _checked_event(event, "session_id", expected_session_id, SESSION_EVENTS)
+
+
+# --- publishing what happened ------------------------------------------------------------------
+
+
+def push_session(ti: Any, hook: BrowserUseHook, session_id: str) -> None:
+    """Push the session id and its page's URL (for the extra link) as soon as they are known."""
+    ti.xcom_push(key=SESSION_ID_KEY, value=session_id)
+    ti.xcom_push(key=SESSION_URL_KEY, value=hook.session_ui_url(session_id))
+
+
+def publish_session(ti: Any, log: Log, view: Mapping[str, Any]) -> dict[str, Any]:
+    """Push ``task_outputs``, log the session's cost, and return the view fit for XCom."""
+    outputs = _wire.task_outputs(view)
+    ti.xcom_push(key=TASK_OUTPUTS_KEY, value=outputs)
+    log.info(
+        "Session %s is %s: %d task(s), total cost $%s",
+        view.get("id"),
+        view.get("status"),
+        len(outputs),
+        _wire.session_cost(view),
+    )
+    return _wire.without_access_urls(view)
+
+
+def finish_task(
+    hook: BrowserUseHook,
+    ti: Any,
+    log: Log,
+    browser_use_task_id: str,
+    *,
+    success_policy: _wire.SuccessPolicy,
+    structured_output: Any,
+    output_files_path: Any,
+) -> Any:
+    """Fetch an ended task once, push it to XCom, judge it, and return its output.
+
+    The output is the text, or with ``structured_output`` the parsed JSON checked against the
+    schema (a pydantic model class is validated and given back as a dict). With
+    ``output_files_path`` the task's files are saved there and their paths pushed.
+
+    :raises BrowserUseTaskError: the task failed, was stopped, fails ``success_policy``, or its
+        output does not match ``structured_output``.
+    """
+    task = hook.get_task(browser_use_task_id)
+    ti.xcom_push(key=TASK_KEY, value=_wire.task_without_steps(task))
+    push_session(ti, hook, str(task["sessionId"]))
+    log.info(
+        "Browser Use task %s %s (isSuccess %s, judgeVerdict %s); cost $%s.",
+        browser_use_task_id,
+        task.get("status"),
+        task.get("isSuccess"),
+        task.get("judgeVerdict"),
+        _wire.to_decimal(task.get("cost")),
+    )
+    failure = _wire.task_failure(task, success_policy)
+    if failure is not None:
+        raise BrowserUseTaskError(failure, task)
+    output = _parsed_output(task, structured_output)
+    if output_files_path is not None:
+        paths = download_output_files(hook, log, browser_use_task_id, task, output_files_path)
+        ti.xcom_push(key=OUTPUT_FILES_KEY, value=paths)
+    return output
+
+
+def _parsed_output(task: Mapping[str, Any], structured_output: Any) -> Any:
+    try:
+        output = _wire.parse_output(task.get("output"), schema_of(structured_output))
+        if isinstance(structured_output, type):
+            model: Any = structured_output
+            output = model.model_validate(output).model_dump(mode="json")
+    except ValueError as error:  # pydantic's ValidationError is a ValueError too
+        raise BrowserUseTaskError(f"Browser Use task {task.get('id')}: {error}", task) from error
+    return output
+
+
+def download_output_files(
+    hook: BrowserUseHook, log: Log, browser_use_task_id: str, task: Mapping[str, Any], target: Any
+) -> list[str]:
+    """Download the task's output files under ``target``/<task id>/ and return their paths.
+
+    The folder is named after the id the caller checked, never after one the API sent.
+    """
+    folder = ObjectStoragePath(str(target)) / browser_use_task_id
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for file in task.get("outputFiles") or []:
+        name = str(file["fileName"]).replace("/", "_")
+        answer = hook.get_output_file(browser_use_task_id, file["id"])
+        path = folder / name
+        with path.open("wb") as destination:
+            size = hook.download(answer["downloadUrl"], destination, call=f"download({name})")
+        log.info("Saved output file %s (%d bytes) to %s", name, size, path)
+        paths.append(str(path))
+    return paths

@@ -35,6 +35,7 @@ PARSE_TIME: list[tuple[str, Callable[[], Any], str]] = [
     ("timeout", lambda: StopSessionOperator(task_id="x", session_id="3c90c3cc-0d44-4b50-8888-8dd25736052a", timeout=0), "timeout must be a positive"),
     ("metadata", lambda: RunTaskOperator(task_id="x", task="t", metadata={str(n): "v" for n in range(9)}), "metadata can hold at most 5 pairs"),
     ("success_policy", lambda: RunTaskOperator(task_id="x", task="t", success_policy="maybe"), "success_policy must be one of"),
+    ("session_settings", lambda: RunTaskOperator(task_id="x", task="t", session_id="{{ s }}", session_settings={"proxyCountryCode": "de"}), "give session_id or session_settings, not both"),
     ("success_policy", lambda: TaskCompletedSensor(task_id="x", browser_use_task_id="{{ t }}", success_policy="strict"), "success_policy must be one of"),
 ]  # fmt: skip
 

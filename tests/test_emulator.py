@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -467,3 +468,23 @@ def test_vendor_sdk_works_unchanged(emulator: BrowserUseEmulator) -> None:
     assert str(getattr(stopped.status, "value", stopped.status)) == "stopped"
     assert [str(t.id) for t in client.sessions.get(str(session.id)).tasks] == [str(created.id)]
     assert emulator.active_session_count() == 0
+
+
+def test_emulator_process_serves_the_hook_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+    from airflow_provider_browseruse.testing import EmulatorProcess
+
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(json.dumps({"rules": [{"match": "hello", "output": "hi there", "duration": 0}]}))
+    with EmulatorProcess("bu_process_key", scenario=scenario, max_concurrent_sessions=1) as emulator:
+        monkeypatch.setenv("AIRFLOW_CONN_BROWSER_USE_DEFAULT", emulator.airflow_connection())
+        hook = BrowserUseHook()
+        created = hook.create_task({"task": "say hello"})
+        assert emulator.admin("state")["activeSessionCount"] == 1
+        wait_for(lambda: hook.get_task_status(created["id"])["status"] == "finished")
+        assert hook.get_task(created["id"])["output"] == "hi there"  # the scenario file was read
+        logged = emulator.admin("requests")
+        assert (logged[0]["method"], logged[0]["path"]) == ("POST", "/tasks")
+        port = emulator.port
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -13,6 +13,7 @@ import pytest
 import requests_mock as rm
 
 from airflow_provider_browseruse._compat import AirflowException, AirflowFailException
+from airflow_provider_browseruse.exceptions import BrowserUseAPIError, BrowserUseTaskError
 from airflow_provider_browseruse.links.browser_use import BrowserUseSessionLink
 from airflow_provider_browseruse.operators.browser_use import (
     CreateSessionOperator,
@@ -221,8 +222,9 @@ def test_run_task_structured_output(emulator: BrowserUseEmulator, structured_out
 )
 def test_run_task_bad_structured_output_fails_clearly(emulator: BrowserUseEmulator, output: str, message: str) -> None:
     emulator.state.scenario = Scenario().add("books", output=output, duration=0.05)
-    with pytest.raises(AirflowException, match=message):
+    with pytest.raises(BrowserUseTaskError, match=message) as caught:
         run(RunTaskOperator(task_id="run", task="list books", structured_output=BOOKS_SCHEMA, poll_interval=0.05))
+    assert (caught.value.status, caught.value.output) == ("finished", output)
 
 
 @pytest.mark.parametrize(
@@ -246,11 +248,19 @@ def test_run_task_success_policy(
 ) -> None:
     emulator.state.scenario = Scenario().add("job", duration=0.05, **script)
     op = RunTaskOperator(task_id="run", task="do the job", success_policy=policy, judge=judge, poll_interval=0.05)
+    ctx = task_context()
     if error is None:
-        run(op)
+        run(op, ctx)
     else:
-        with pytest.raises(AirflowException, match=error):
-            run(op)
+        with pytest.raises(BrowserUseTaskError, match=error) as caught:
+            run(op, ctx)
+        remote = emulator.state.get_task(ctx["ti"].xcom["browser_use_task_id"])
+        assert (caught.value.browser_use_task_id, caught.value.status, caught.value.output) == (
+            remote["id"],
+            remote["status"],
+            remote["output"],
+        )
+        assert caught.value.judge_verdict == remote["judgeVerdict"]
     assert emulator.active_session_count() == 0
 
 
@@ -483,3 +493,27 @@ def test_execution_timeout_during_the_wait_stops_the_remote_task(
         run(RunTaskOperator(task_id="run", task="forever", poll_interval=0.05), ctx)
     assert emulator.state.get_task(ctx["ti"].xcom["browser_use_task_id"])["status"] == "stopped"
     assert emulator.active_session_count() == 0
+
+
+def test_errors_carry_their_facts_and_survive_airflows_serialization() -> None:
+    api = BrowserUseAPIError(
+        "Browser Use get_session(x) failed: HTTP 404: gone", call="get_session(x)", http_status=404
+    )
+    assert (api.http_status, api.is_not_found, api.call) == (404, True, "get_session(x)")
+    assert api.status_code == AirflowException.status_code  # Airflow's own attribute is left alone
+    task = BrowserUseTaskError(
+        "task t failed", {"id": "t", "status": "failed", "output": "captcha", "isSuccess": False}
+    )
+    assert (task.browser_use_task_id, task.status, task.output, task.is_success) == ("t", "failed", "captcha", False)
+    for error in (api, task):  # Airflow rebuilds exceptions from serialize(): the message must do
+        path, args, kwargs = error.serialize()
+        assert path == f"airflow_provider_browseruse.exceptions.{type(error).__name__}"
+        rebuilt = type(error)(*args, **kwargs)
+        assert str(rebuilt) == str(error) and isinstance(rebuilt, AirflowException)
+
+
+def test_a_session_given_with_session_settings_is_refused_naming_both() -> None:
+    with pytest.raises(ValueError, match="give session_id or session_settings, not both"):
+        RunTaskOperator(task_id="run", task="t", session_id=SID, session_settings={"proxyCountryCode": "de"})
+    one_off = RunTaskOperator(task_id="run", task="t", session_settings={"proxyCountryCode": "de"})
+    assert one_off.session_settings == {"proxyCountryCode": "de"}

@@ -79,3 +79,38 @@ def test_connection_test_against_the_emulator(emulator: BrowserUseEmulator, monk
     ok, message = BrowserUseHook("wrong").test_connection()
     assert not ok
     assert "the API key was rejected" in message and "'wrong'" in message
+
+
+def test_the_package_imports_operators_nowhere() -> None:
+    """Operators are the top of the house: sensors, triggers and the rest never import them."""
+    import ast
+
+    package = Path(__file__).resolve().parent.parent / "airflow_provider_browseruse"
+    importers = []
+    for module in package.rglob("*.py"):
+        if module.parent.name == "operators":
+            continue
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if any(name.startswith("airflow_provider_browseruse.operators") for name in names):
+                importers.append(module.relative_to(package))
+    assert importers == []
+
+
+def test_public_classes_are_re_exported_by_their_packages() -> None:
+    from airflow_provider_browseruse import hooks, links, operators, sensors, triggers
+
+    assert set(operators.__all__) >= {
+        "CreateSessionOperator",
+        "RunTaskOperator",
+        "StopSessionOperator",
+        "StopTaskOperator",
+    }
+    assert set(sensors.__all__) >= {"SessionStoppedSensor", "TaskCompletedSensor"}
+    assert set(triggers.__all__) == {"SessionStatusTrigger", "TaskStatusTrigger"}
+    assert set(hooks.__all__) == {"BrowserUseHook", "BrowserUseAsyncHook"}
+    assert links.__all__ == ["BrowserUseSessionLink"]
+    for package in (hooks, links, operators, sensors, triggers):
+        for name in package.__all__:
+            assert getattr(package, name).__module__ == f"{package.__name__}.browser_use", name

@@ -11,22 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.log import mask_secret
 
-from airflow_provider_browseruse import _wire
-from airflow_provider_browseruse._common import (
-    BROWSER_USE_TASK_ID_KEY,
-    TASK_OUTPUTS_KEY,
-    check_id_if_known,
-    check_positive,
-    default_deferrable,
-    finish_task,
-    publish_session,
-    push_session,
-    require_id,
-    schema_of,
-    session_event,
-    task_event,
-    wall_clock_deadline,
-)
+from airflow_provider_browseruse import _common, _wire
 from airflow_provider_browseruse._compat import AirflowException, AirflowFailException
 from airflow_provider_browseruse._retry import LISTING_CLOCK_SKEW, look_again, may_have_taken_effect
 from airflow_provider_browseruse.exceptions import BrowserUseAPIError
@@ -94,18 +79,18 @@ class StopSessionOperator(BrowserUseBaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_id_if_known(session_id, "session_id")
-        check_positive(poll_interval, "poll_interval")
-        check_positive(timeout, "timeout")
+        _common.check_id_if_known(session_id, "session_id")
+        _common.check_positive(poll_interval, "poll_interval")
+        _common.check_positive(timeout, "timeout")
         self.session_id = session_id
         self.missing_ok = missing_ok
         self.poll_interval = poll_interval
         self.timeout = timeout
-        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.deferrable = _common.default_deferrable() if deferrable is None else deferrable
 
     def execute(self, context: Context) -> dict[str, Any] | None:
-        session_id = require_id(self.session_id, "session_id")
-        push_session(context["ti"], self.hook, session_id)
+        session_id = _common.require_id(self.session_id, "session_id")
+        _common.push_session(context["ti"], self.hook, session_id)
         try:
             view = self.hook.stop_session(session_id)
         except BrowserUseAPIError as error:
@@ -116,7 +101,7 @@ class StopSessionOperator(BrowserUseBaseOperator):
                     f"{error}. Is session_id right? Set missing_ok=True to allow this."
                 ) from error
             self.log.info("Session %s does not exist (any more): nothing to stop.", session_id)
-            context["ti"].xcom_push(key=TASK_OUTPUTS_KEY, value=[])
+            context["ti"].xcom_push(key=_common.TASK_OUTPUTS_KEY, value=[])
             return None
         if _wire.session_status(view) is _wire.SessionStatus.STOPPED:
             self.log.info("Session %s is stopped (finished at %s).", session_id, view.get("finishedAt"))
@@ -124,7 +109,7 @@ class StopSessionOperator(BrowserUseBaseOperator):
             self._defer(context, session_id)
         else:
             view = self._wait_until_stopped(session_id)
-        return publish_session(context["ti"], self.log, view)
+        return _common.publish_session(context["ti"], self.log, view)
 
     def _defer(self, context: Context, session_id: str) -> None:
         from airflow_provider_browseruse.triggers.browser_use import SessionStatusTrigger
@@ -134,18 +119,18 @@ class StopSessionOperator(BrowserUseBaseOperator):
                 session_id,
                 browser_use_conn_id=self.browser_use_conn_id,
                 poll_interval=self.poll_interval,
-                end_time=wall_clock_deadline(self.timeout, self.execution_timeout, context["ti"]),
+                end_time=_common.wall_clock_deadline(self.timeout, self.execution_timeout, context["ti"]),
             ),
             method_name="execute_complete",
         )
 
     def execute_complete(self, context: Context, event: Any) -> dict[str, Any]:
         """Resume after the deferred wait for ``stopped``."""
-        session_id = require_id(self.session_id, "session_id")
-        event = session_event(event, session_id)
+        session_id = _common.require_id(self.session_id, "session_id")
+        event = _common.session_event(event, session_id)
         if event["event"] != "stopped":
             raise AirflowException(f"Session {session_id} was asked to stop but did not: {event.get('message')}")
-        return publish_session(context["ti"], self.log, self.hook.get_session(session_id))
+        return _common.publish_session(context["ti"], self.log, self.hook.get_session(session_id))
 
     def _wait_until_stopped(self, session_id: str) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout
@@ -202,7 +187,7 @@ class CreateSessionOperator(BrowserUseBaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_id_if_known(profile_id, "profile_id")
+        _common.check_id_if_known(profile_id, "profile_id")
         self.profile_id = profile_id
         self.proxy_country_code = proxy_country_code
         self.start_url = start_url
@@ -216,7 +201,7 @@ class CreateSessionOperator(BrowserUseBaseOperator):
     def execute(self, context: Context) -> str:
         body = _wire.request_body(
             {
-                "profile_id": require_id(self.profile_id, "profile_id") if self.profile_id else None,
+                "profile_id": _common.require_id(self.profile_id, "profile_id") if self.profile_id else None,
                 "proxy_country_code": self.proxy_country_code,
                 "start_url": self.start_url,
                 "keep_alive": self.keep_alive,
@@ -229,7 +214,7 @@ class CreateSessionOperator(BrowserUseBaseOperator):
         )
         session = self._create(body)
         session_id = str(session["id"])
-        push_session(context["ti"], self.hook, session_id)
+        _common.push_session(context["ti"], self.hook, session_id)
         self.log.info("Started Browser Use session %s (keepAlive %s).", session_id, session.get("keepAlive"))
         return session_id
 
@@ -367,7 +352,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
         self.timeout = timeout
         self.stop_on_give_up = stop_on_give_up
         self.output_files_path = output_files_path
-        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.deferrable = _common.default_deferrable() if deferrable is None else deferrable
         self._check_parameters()
         #: The remote task this operator waits for, to stop if it gives up; None when there is none.
         self._waited_task_id: str | None = None
@@ -376,9 +361,9 @@ class RunTaskOperator(BrowserUseBaseOperator):
         """Refuse at DAG parsing what can be known wrong then, naming the parameter."""
         if not isinstance(self.task, str) or not self.task.strip():
             raise ValueError(f"task must be a non-empty prompt for the agent, got {self.task!r}")
-        check_id_if_known(self.session_id, "session_id")
-        check_positive(self.poll_interval, "poll_interval")
-        check_positive(self.timeout, "timeout")
+        _common.check_id_if_known(self.session_id, "session_id")
+        _common.check_positive(self.poll_interval, "poll_interval")
+        _common.check_positive(self.timeout, "timeout")
         if self.success_policy is _wire.SuccessPolicy.JUDGE and not self.judge:
             raise ValueError("success_policy='judge' needs judge=True: without the judge there is no verdict")
         if self.metadata is not None and len(self.metadata) > _wire.MAX_METADATA_PAIRS - OWN_TAGS:
@@ -395,7 +380,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
                 "session_settings applies only to the one-off session a task starts without session_id; "
                 "give session_id or session_settings, not both (set the session's settings on CreateSessionOperator)"
             )
-        schema = schema_of(self.structured_output)
+        schema = _common.schema_of(self.structured_output)
         if schema is not None and not isinstance(self.structured_output, type):
             _wire.check_json_schema(schema, "structured_output")
 
@@ -431,11 +416,11 @@ class RunTaskOperator(BrowserUseBaseOperator):
         for key, value in metadata.items():
             if not isinstance(value, str):
                 raise AirflowFailException(f"metadata[{key!r}] must be a string, got {value!r}")
-        schema = schema_of(self.structured_output)
+        schema = _common.schema_of(self.structured_output)
         return _wire.request_body(
             {
                 "task": self.task,
-                "session_id": require_id(self.session_id, "session_id") if self.session_id else None,
+                "session_id": _common.require_id(self.session_id, "session_id") if self.session_id else None,
                 "llm": self.llm,
                 "start_url": self.start_url,
                 "max_steps": self.max_steps,
@@ -461,8 +446,8 @@ class RunTaskOperator(BrowserUseBaseOperator):
         run_started = getattr(context.get("dag_run"), "start_date", None)
         started = self._start(body, tags, run_started.timestamp() if run_started else None)
         task_id = str(started["id"])
-        context["ti"].xcom_push(key=BROWSER_USE_TASK_ID_KEY, value=task_id)
-        push_session(context["ti"], self.hook, str(started["sessionId"]))
+        context["ti"].xcom_push(key=_common.BROWSER_USE_TASK_ID_KEY, value=task_id)
+        _common.push_session(context["ti"], self.hook, str(started["sessionId"]))
         if not self.wait_for_completion:
             return task_id
         self._waited_task_id = task_id
@@ -491,7 +476,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
                 task_id,
                 browser_use_conn_id=self.browser_use_conn_id,
                 poll_interval=self.poll_interval,
-                end_time=wall_clock_deadline(self.timeout, self.execution_timeout, context["ti"]),
+                end_time=_common.wall_clock_deadline(self.timeout, self.execution_timeout, context["ti"]),
                 stop_on_give_up=self.stop_on_give_up,
                 owns_session=self._owns_session,
             ),
@@ -500,8 +485,8 @@ class RunTaskOperator(BrowserUseBaseOperator):
 
     def execute_complete(self, context: Context, event: Any) -> Any:
         """Resume after the deferred wait: finish, or stop the remote task and fail."""
-        expected = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key=BROWSER_USE_TASK_ID_KEY)
-        event = task_event(event, expected)
+        expected = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key=_common.BROWSER_USE_TASK_ID_KEY)
+        event = _common.task_event(event, expected)
         task_id = event["browser_use_task_id"]
         self._waited_task_id = task_id
         if event["event"] == "timeout":
@@ -517,7 +502,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
 
     def _finish(self, context: Context, task_id: str) -> Any:
         self._waited_task_id = None  # it has ended: nothing left to stop
-        return finish_task(
+        return _common.finish_task(
             self.hook,
             context["ti"],
             self.log,
@@ -621,13 +606,13 @@ class StopTaskOperator(BrowserUseBaseOperator):
         self, *, browser_use_task_id: str, stop_session: bool = False, missing_ok: bool = False, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        check_id_if_known(browser_use_task_id, "browser_use_task_id")
+        _common.check_id_if_known(browser_use_task_id, "browser_use_task_id")
         self.browser_use_task_id = browser_use_task_id
         self.stop_session = stop_session
         self.missing_ok = missing_ok
 
     def execute(self, context: Context) -> dict[str, Any] | None:
-        task_id = require_id(self.browser_use_task_id, "browser_use_task_id")
+        task_id = _common.require_id(self.browser_use_task_id, "browser_use_task_id")
         try:
             task = self.hook.stop_task(task_id, stop_session=self.stop_session)
         except BrowserUseAPIError as error:
@@ -637,6 +622,6 @@ class StopTaskOperator(BrowserUseBaseOperator):
                 raise AirflowFailException(f"{error}. Is browser_use_task_id right?") from error
             self.log.info("Task %s does not exist: nothing to stop.", task_id)
             return None
-        push_session(context["ti"], self.hook, str(task["sessionId"]))
+        _common.push_session(context["ti"], self.hook, str(task["sessionId"]))
         self.log.info("Browser Use task %s is %s.", task_id, task.get("status"))
         return _wire.task_without_steps(task)

@@ -8,20 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from airflow_provider_browseruse import _wire
-from airflow_provider_browseruse._common import (
-    BROWSER_USE_TASK_ID_KEY,
-    check_id_if_known,
-    default_deferrable,
-    finish_task,
-    publish_session,
-    push_session,
-    require_id,
-    schema_of,
-    session_event,
-    task_event,
-    wall_clock_deadline,
-)
+from airflow_provider_browseruse import _common, _wire
 from airflow_provider_browseruse._compat import AirflowException, AirflowFailException, AirflowSensorTimeout
 from airflow_provider_browseruse.exceptions import BrowserUseAPIError
 from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
@@ -50,7 +37,7 @@ class BrowserUseBaseSensor(BaseSensorOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.browser_use_conn_id = browser_use_conn_id
-        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.deferrable = _common.default_deferrable() if deferrable is None else deferrable
 
     @cached_property
     def hook(self) -> BrowserUseHook:
@@ -59,7 +46,7 @@ class BrowserUseBaseSensor(BaseSensorOperator):
     @cached_property
     def watched_id(self) -> str:
         """The rendered id of what this sensor watches, checked once (a bad one fails without retries)."""
-        return require_id(getattr(self, self.watched_parameter), self.watched_parameter)
+        return _common.require_id(getattr(self, self.watched_parameter), self.watched_parameter)
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
@@ -67,7 +54,7 @@ class BrowserUseBaseSensor(BaseSensorOperator):
         checked = self.poke(context)
         if checked.is_done:
             return checked.xcom_value
-        deadline = wall_clock_deadline(float(self.timeout), self.execution_timeout, context["ti"])
+        deadline = _common.wall_clock_deadline(float(self.timeout), self.execution_timeout, context["ti"])
         self.defer(trigger=self.trigger(deadline), method_name="execute_complete")
 
     def poke(self, context: Context) -> PokeReturnValue:
@@ -123,7 +110,7 @@ class SessionStoppedSensor(BrowserUseBaseSensor):
 
     def __init__(self, *, session_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        check_id_if_known(session_id, "session_id")
+        _common.check_id_if_known(session_id, "session_id")
         self.session_id = session_id
 
     def trigger(self, end_time: float) -> BaseTrigger:
@@ -137,15 +124,15 @@ class SessionStoppedSensor(BrowserUseBaseSensor):
         )
 
     def checked_event(self, event: Any) -> dict[str, Any]:
-        return session_event(event, self.watched_id)
+        return _common.session_event(event, self.watched_id)
 
     def poke(self, context: Context) -> PokeReturnValue:
-        push_session(context["ti"], self.hook, self.watched_id)
+        _common.push_session(context["ti"], self.hook, self.watched_id)
         view = self.read_watched(self.hook.get_session)
         if _wire.session_status(view) is not _wire.SessionStatus.STOPPED:
             self.log.info("Session %s is %s.", self.watched_id, view.get("status"))
             return PokeReturnValue(is_done=False)
-        return PokeReturnValue(is_done=True, xcom_value=publish_session(context["ti"], self.log, view))
+        return PokeReturnValue(is_done=True, xcom_value=_common.publish_session(context["ti"], self.log, view))
 
 
 class TaskCompletedSensor(BrowserUseBaseSensor):
@@ -177,8 +164,8 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_id_if_known(browser_use_task_id, "browser_use_task_id")
-        schema_of(structured_output)
+        _common.check_id_if_known(browser_use_task_id, "browser_use_task_id")
+        _common.schema_of(structured_output)
         self.browser_use_task_id = browser_use_task_id
         self.success_policy = _wire.success_policy(success_policy)
         self.structured_output = structured_output
@@ -195,15 +182,15 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
         )
 
     def checked_event(self, event: Any) -> dict[str, Any]:
-        return task_event(event, self.watched_id)
+        return _common.task_event(event, self.watched_id)
 
     def poke(self, context: Context) -> PokeReturnValue:
         view = self.read_watched(self.hook.get_task_status)
         if _wire.task_status(view) not in _wire.TASK_TERMINAL_STATUSES:
             self.log.info("Task %s is %s.", self.watched_id, view.get("status"))
             return PokeReturnValue(is_done=False)
-        context["ti"].xcom_push(key=BROWSER_USE_TASK_ID_KEY, value=self.watched_id)
-        output = finish_task(
+        context["ti"].xcom_push(key=_common.BROWSER_USE_TASK_ID_KEY, value=self.watched_id)
+        output = _common.finish_task(
             self.hook,
             context["ti"],
             self.log,

@@ -270,23 +270,7 @@ class EmulatorState:
         output_text = self._scripted_output(script, schema, prompt)
         with self.lock:
             now = self.clock()
-            if body.get("sessionId"):
-                session = self._session(body["sessionId"])
-                if not self.session_active(session, now):
-                    raise ApiError(400, SESSION_STOPPED)
-                if any(self.tasks[t].status(now) in RUNNING for t in session.task_ids):
-                    raise ApiError(400, SESSION_BUSY)
-            else:
-                self._check_cap()
-                settings = body.get("sessionSettings") or {}
-                session = Session(
-                    id=str(uuid.uuid4()),
-                    keep_alive=False,
-                    persist_memory=True,
-                    created=now,
-                    recording=bool(settings.get("enableRecording")),
-                )
-                self.sessions[session.id] = session
+            session = self._session_for_task(body, now)
             task = Task(
                 id=str(uuid.uuid4()),
                 session_id=session.id,
@@ -307,6 +291,27 @@ class EmulatorState:
             self.tasks[task.id] = task
             session.task_ids.append(task.id)
             return {"id": task.id, "sessionId": session.id}
+
+    def _session_for_task(self, body: dict[str, Any], now: float) -> Session:
+        """The given session if it is active and idle, else a new one-off session (under the lock)."""
+        if body.get("sessionId"):
+            session = self._session(body["sessionId"])
+            if not self.session_active(session, now):
+                raise ApiError(400, SESSION_STOPPED)
+            if any(self.tasks[t].status(now) in RUNNING for t in session.task_ids):
+                raise ApiError(400, SESSION_BUSY)
+            return session
+        self._check_cap()
+        settings = body.get("sessionSettings") or {}
+        session = Session(
+            id=str(uuid.uuid4()),
+            keep_alive=False,
+            persist_memory=True,
+            created=now,
+            recording=bool(settings.get("enableRecording")),
+        )
+        self.sessions[session.id] = session
+        return session
 
     @staticmethod
     def _schema(structured_output: str | None) -> dict[str, Any] | None:

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
 
+import uvicorn
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -520,8 +521,6 @@ class BrowserUseEmulator:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def _config(self) -> Any:
-        import uvicorn
-
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
         return uvicorn.Config(
             self.app,
@@ -534,8 +533,6 @@ class BrowserUseEmulator:
 
     def start(self, timeout: float = 10.0) -> BrowserUseEmulator:
         """Start serving in a background thread; returns once it accepts connections."""
-        import uvicorn
-
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
@@ -760,8 +757,6 @@ def main(argv: list[str] | None = None) -> None:
         scenario=scenario,
         max_concurrent_sessions=args.max_concurrent_sessions,
     )
-    import uvicorn
-
     config = emulator._config()
     config.host, config.port = args.host, args.port
     print(f"Browser Use emulator listening on {emulator.base_url}", flush=True)

@@ -304,7 +304,7 @@ class BrowserUseHook(BaseHook):
         return self._retrying[resend_safe]
 
     def _send_once(self, call: str, method: str, path: str, json: Any, params: Mapping[str, Any] | None) -> Any:
-        import requests
+        import requests  # lazy, as in ``http``: loaded by then, so this costs nothing
         from urllib3.exceptions import NewConnectionError
 
         conn_id = self.browser_use_conn_id
@@ -546,7 +546,7 @@ class BrowserUseHook(BaseHook):
         return size
 
     def _download_once(self, url: str, call: str) -> tempfile.SpooledTemporaryFile[bytes]:
-        import requests
+        import requests  # lazy, as in ``http``
 
         spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115 (returned open)
         try:

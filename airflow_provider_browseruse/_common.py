@@ -4,9 +4,8 @@ and finishing an ended task. Airflow-side rules; the API's own rules live in ``_
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -52,13 +51,33 @@ def check_id_if_known(value: Any, parameter: str) -> None:
         _wire.require_uuid(value, parameter)
 
 
-def check_positive(value: Any, parameter: str) -> None:
-    """Check a number of seconds.
+def check_string_mapping(value: Any, parameter: str) -> None:
+    """Check a mapping the API wants as strings to strings (values may hold Jinja).
 
-    :raises ValueError: naming ``parameter``, unless ``value`` is a positive number.
+    The message names the type, never the value: ``secrets`` go through here.
+
+    :raises ValueError: naming ``parameter``.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
-        raise ValueError(f"{parameter} must be a positive number of seconds, got {value!r}")
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{parameter} must be a mapping of strings to strings, got a {type(value).__name__}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise ValueError(f"{parameter}[{key!r}] must be a string, got a {type(item).__name__}")
+
+
+def check_string_list(value: Any, parameter: str) -> None:
+    """Check a list of strings; a lone string is refused (it would become a list of letters).
+
+    :raises ValueError: naming ``parameter``.
+    """
+    if value is None:
+        return
+    if isinstance(value, str):
+        raise ValueError(f"{parameter} must be a list of strings, got the string {value!r}: write [{value!r}]")
+    if not isinstance(value, Sequence) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"{parameter} must be a list of strings, got {value!r}")
 
 
 def require_id(value: Any, parameter: str) -> str:
@@ -222,22 +241,63 @@ def _parsed_output(task: Mapping[str, Any], structured_output: Any) -> Any:
     return output
 
 
+#: The longest output file name kept, in UTF-8 bytes (file systems allow 255; room for a prefix).
+MAX_FILE_NAME_BYTES = 160
+
+
 def download_output_files(
     hook: BrowserUseHook, log: Log, browser_use_task_id: str, task: Mapping[str, Any], target: Any
 ) -> list[str]:
     """Download the task's output files under ``target``/<task id>/ and return their paths.
 
-    The folder is named after the id the caller checked, never after one the API sent.
+    The folder is named after the id the caller checked, never one the API sent, and every file
+    name is made safe before the first download (see :func:`output_file_names`).
     """
+    names = output_file_names(task.get("outputFiles") or [])
     folder = ObjectStoragePath(str(target)) / browser_use_task_id
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for file in task.get("outputFiles") or []:
-        name = str(file["fileName"]).replace("/", "_")
-        answer = hook.get_output_file(browser_use_task_id, file["id"])
+    for file_id, name in names:
+        answer = hook.get_output_file(browser_use_task_id, file_id)
         path = folder / name
         with path.open("wb") as destination:
             size = hook.download(answer["downloadUrl"], destination, call=f"download({name})")
         log.info("Saved output file %s (%d bytes) to %s", name, size, path)
         paths.append(str(path))
     return paths
+
+
+def output_file_names(files: Sequence[Any]) -> list[tuple[str, str]]:
+    """Return ``(file id, name)`` for each output file: one path component each, all distinct.
+
+    Separators and control characters become ``_``; a long name is shortened, keeping its
+    extension; a name taken already (in any case) gets the file id in front.
+
+    :raises AirflowException: a file without a valid id, or whose name is empty, ``.`` or ``..``.
+    """
+    names: list[tuple[str, str]] = []
+    taken: set[str] = set()
+    for file in files:
+        given = file.get("fileName") if isinstance(file, Mapping) else None
+        try:
+            file_id = _wire.require_uuid(file.get("id") if isinstance(file, Mapping) else None, "outputFiles[].id")
+        except ValueError as error:
+            raise AirflowException(f"The API listed an output file that cannot be fetched: {error}") from None
+        name = "".join("_" if char in "/\\" or not char.isprintable() else char for char in str(given or "")).strip()
+        if name.strip(".") == "":
+            raise AirflowException(f"Output file {file_id} has no name it could be saved under: {given!r}")
+        name = _shortened(name)
+        if name.casefold() in taken:
+            name = f"{file_id}-{name}"
+        taken.add(name.casefold())
+        names.append((file_id, name))
+    return names
+
+
+def _shortened(name: str) -> str:
+    stem, dot, suffix = name.rpartition(".")
+    extension = dot + suffix if stem and len(suffix) <= 16 else ""
+    head = name[: len(name) - len(extension)]
+    while len((head + extension).encode()) > MAX_FILE_NAME_BYTES:
+        head = head[:-1]
+    return head + extension

@@ -75,8 +75,9 @@ class RetryPolicy:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts!r}")
         for name in ("initial_wait", "max_wait", "max_total"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a finite number of seconds, not negative, got {value!r}")
 
     @staticmethod
     def is_retryable(error: BaseException, *, resend_safe: bool) -> bool:

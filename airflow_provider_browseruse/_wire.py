@@ -103,6 +103,37 @@ def require_uuid(value: Any, parameter: str) -> str:
     )
 
 
+#: The longest wait any parameter may ask for (30 days): longer is a typo, not a plan.
+MAX_SECONDS = 30 * 24 * 3600.0
+
+
+def check_seconds(value: Any, parameter: str, *, maximum: float = MAX_SECONDS) -> float:
+    """Return ``value`` as seconds that are finite, positive and at most ``maximum``.
+
+    :raises ValueError: naming ``parameter`` (NaN, infinity, zero, negatives and non-numbers).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= maximum:
+        raise ValueError(f"{parameter} must be a positive number of seconds, at most {maximum:,.0f}; got {value!r}")
+    return float(value)
+
+
+def check_count(value: Any, parameter: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """Return ``value`` if it is a whole number from ``minimum`` to ``maximum``.
+
+    :raises ValueError: naming ``parameter``.
+    """
+    too_big = maximum is not None and isinstance(value, int) and value > maximum
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or too_big:
+        if maximum is not None:
+            what = f"a whole number from {minimum} to {maximum}"
+        elif minimum == 1:
+            what = "a positive whole number"
+        else:
+            what = f"a whole number of at least {minimum}"
+        raise ValueError(f"{parameter} must be {what}, got {value!r}")
+    return value
+
+
 # --- statuses ----------------------------------------------------------------------------------
 
 

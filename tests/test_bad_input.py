@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_browseruse._compat import AirflowException
+from airflow_provider_browseruse._retry import RetryPolicy
 from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
 from airflow_provider_browseruse.operators.browser_use import (
     CreateSessionOperator,
@@ -37,7 +38,31 @@ PARSE_TIME: list[tuple[str, Callable[[], Any], str]] = [
     ("success_policy", lambda: RunTaskOperator(task_id="x", task="t", success_policy="maybe"), "success_policy must be one of"),
     ("session_settings", lambda: RunTaskOperator(task_id="x", task="t", session_id="{{ s }}", session_settings={"proxyCountryCode": "de"}), "give session_id or session_settings, not both"),
     ("success_policy", lambda: TaskCompletedSensor(task_id="x", browser_use_task_id="{{ t }}", success_policy="strict"), "success_policy must be one of"),
+    ("timeout", lambda: RunTaskOperator(task_id="x", task="t", timeout=float("nan")), "timeout must be a positive number of seconds"),
+    ("timeout", lambda: RunTaskOperator(task_id="x", task="t", timeout=float("inf")), "timeout must be a positive number of seconds"),
+    ("timeout", lambda: RunTaskOperator(task_id="x", task="t", timeout=10**9), "at most 2,592,000"),
+    ("poll_interval", lambda: RunTaskOperator(task_id="x", task="t", poll_interval=float("nan")), "poll_interval must be a positive number"),
+    ("poll_interval", lambda: StopSessionOperator(task_id="x", session_id="{{ s }}", poll_interval="5"), "poll_interval must be a positive number"),
+    ("metadata", lambda: RunTaskOperator(task_id="x", task="t", metadata="abc"), "metadata must be a mapping of strings to strings, got a str"),
+    ("metadata", lambda: RunTaskOperator(task_id="x", task="t", metadata=5), "metadata must be a mapping of strings to strings, got a int"),
+    ("metadata", lambda: RunTaskOperator(task_id="x", task="t", metadata={"n": 5}), "metadata\\['n'\\] must be a string, got a int"),
+    ("secrets", lambda: RunTaskOperator(task_id="x", task="t", secrets="pw-hunter2"), "secrets must be a mapping of strings to strings, got a str"),
+    ("allowed_domains", lambda: RunTaskOperator(task_id="x", task="t", allowed_domains="example.com"), "allowed_domains must be a list of strings, got the string 'example.com'"),
+    ("allowed_domains", lambda: RunTaskOperator(task_id="x", task="t", allowed_domains=["a.com", 3]), "allowed_domains must be a list of strings"),
+    ("browser_screen_width", lambda: CreateSessionOperator(task_id="x", browser_screen_width=100), "browser_screen_width must be a whole number from 320 to 6144"),
+    ("browser_screen_height", lambda: CreateSessionOperator(task_id="x", browser_screen_height=1.5), "browser_screen_height must be a whole number from 320 to 3456"),
+    ("timeout", lambda: BrowserUseHook(timeout=float("nan")), "timeout must be a positive number of seconds"),
+    ("max_download_bytes", lambda: BrowserUseHook(max_download_bytes=0), "max_download_bytes must be a positive whole number"),
+    ("max_total", lambda: RetryPolicy(max_total=float("nan")), "max_total must be a finite number of seconds"),
+    ("timeout", lambda: TaskCompletedSensor(task_id="x", browser_use_task_id="{{ t }}", timeout=10**10), "timeout must be a positive number of seconds, at most 31,536,000"),
 ]  # fmt: skip
+
+
+def test_a_secret_given_wrongly_is_not_repeated_in_the_error() -> None:
+    with pytest.raises(ValueError) as caught:
+        RunTaskOperator(task_id="x", task="t", secrets={"password": ["hunter2-correct-horse"]})
+    assert "hunter2" not in str(caught.value)
+    assert "secrets['password'] must be a string, got a list" in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -488,3 +488,35 @@ def test_emulator_process_serves_the_hook_and_stops(tmp_path: Path, monkeypatch:
         port = emulator.port
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@pytest.mark.parametrize(
+    ("host", "answered"),
+    [
+        ("127.0.0.1:{port}", True),
+        ("localhost:{port}", True),
+        ("localhost", True),
+        ("127.0.0.5", True),
+        ("[::1]:{port}", True),
+        ("evil.example:{port}", False),
+        ("evil.example", False),
+        ("127.0.0.1.evil.example", False),
+        ("", False),
+    ],
+)
+def test_only_callers_naming_a_loopback_host_are_answered(
+    emulator: BrowserUseEmulator, host: str, answered: bool
+) -> None:
+    """A web page can reach a loopback server under a name it controls (DNS rebinding): refused."""
+    headers = {"Host": host.format(port=emulator.port)}
+    admin = requests.post(f"{emulator.root_url}/_emulator/reset", headers=headers, timeout=5)
+    api = requests.get(
+        f"{emulator.base_url}/billing/account",
+        headers={**headers, "X-Browser-Use-API-Key": emulator.state.api_key},
+        timeout=5,
+    )
+    if answered:
+        assert (admin.status_code, api.status_code) == (204, 200)
+    else:
+        assert (admin.status_code, api.status_code) == (421, 421)
+        assert "loopback" in api.json()["detail"]

@@ -3,8 +3,11 @@
 Each case injects one fault into the first matching request and runs the operator flow that
 makes the call (with the teardown a DAG would run). The expected outcome is asserted: either it
 recovered, with the expected number of attempts, or it failed cleanly (an Airflow error with a
-message, no retry storm). Creates are never duplicated and no session is left active. The
-matrix is printed as a table (run with -s to see it).
+message, no retry storm). Creates are never duplicated and no session is left active. Hostile
+answers (a redirect to another loopback host, corrupt gzip, deep JSON, a dripping or oversized
+body, endless pages) are among the faults: no request may reach the other host, and no attempt
+may outlive its bound (the hook's timeout, plus a second of grace for a loaded machine). The
+matrix is printed as a table, in the CI log too.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from airflow_provider_browseruse.operators.browser_use import (
 from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
 from tests.conftest import FakeTaskInstance
+from tests.hostile import HostileServer, json_answer
 
 try:
     from airflow.sdk.exceptions import TaskDeferred
@@ -50,6 +54,7 @@ CALLS = {  # call -> (method, path regex below /api/v2)
     "get session": ("GET", rf"/sessions/{ID}"),
     "stop task": ("PATCH", rf"/tasks/{ID}"),
     "stop session": ("PATCH", rf"/sessions/{ID}"),
+    "list tasks": ("GET", "/tasks"),  # a retry looking for the task its earlier try started
 }
 FAULTS = {  # fault -> emulator fault fields (None: connection refused, simulated in the client transport)
     "refused": None,
@@ -64,8 +69,17 @@ FAULTS = {  # fault -> emulator fault fields (None: connection refused, simulate
     "401": {"status": 401},
     "404": {"status": 404},
     "422": {"status": 422},
+    "redirect": {"redirect_to": "{other}/api/v2/stolen"},
+    "corrupt gzip": {"corrupt_gzip": True, "after_handling": True},
+    "deep JSON": {"deep_json": True, "after_handling": True},
+    "drip body": {"drip": 0.05, "after_handling": True},  # ~5 s an answer, against a 0.5 s bound
+    "oversized body": {"oversized": 9 << 20, "after_handling": True},
+    "endless pages": {"endless_pages": True, "times": 1000},
 }
-FINAL = {"401", "404", "422"}
+FINAL = {"401", "404", "422", "redirect"}
+#: Faults that only a listing can meet.
+LISTING_ONLY = {"endless pages"}
+BOUND_GRACE = 1.0
 TRANSIENT_BEFORE_HANDLING = {"500", "502", "503"}  # a gateway error: the request never took effect
 RESULTS: list[dict[str, Any]] = []
 
@@ -131,6 +145,9 @@ def flow(call: str, deferrable: bool, emulator: BrowserUseEmulator) -> tuple[Any
         return CreateSessionOperator(task_id="create", keep_alive=True), ti, ["session"]
     if call in ("create task", "task status", "get task"):
         return RunTaskOperator(task_id="run", task="fault job", poll_interval=0.1, deferrable=deferrable), ti, []
+    if call == "list tasks":  # try 2 lists the tasks, finds none of try 1's, and starts one
+        ti = FakeTaskInstance(dag_id="fm", run_id="r", task_id="t", try_number=2)
+        return RunTaskOperator(task_id="run", task="fault job", poll_interval=0.1, deferrable=deferrable), ti, []
     if call == "get session":
         created = state.create_task({"task": "fault job"})  # a one-off session, closing with its task
         op = SessionStoppedSensor(
@@ -146,7 +163,7 @@ def flow(call: str, deferrable: bool, emulator: BrowserUseEmulator) -> tuple[Any
 
 
 def expected(call: str, fault: str) -> str:
-    if fault in FINAL:
+    if fault in FINAL or fault in LISTING_ONLY:
         return "failed cleanly"
     if call in ("create task", "create session") and fault in TRANSIENT_BEFORE_HANDLING:
         return "failed cleanly"  # never resent; nothing was created, so nothing is found either
@@ -161,10 +178,55 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hooks, "DEFAULT_TIMEOUT", 0.5)
 
 
+@pytest.fixture(scope="module")
+def other_host() -> Iterator[HostileServer]:
+    """A second loopback host that answers like the API: it must never hear from the provider."""
+    with HostileServer(
+        lambda r: [json_answer({"id": "x", "sessionId": "y", "status": "stopped"})], "127.0.0.2"
+    ) as other:
+        yield other
+
+
+@pytest.fixture
+def attempt_durations(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """How long each attempt of every call took, sync and async (one attempt = one _send_once)."""
+    durations: list[float] = []
+    sync_send, async_send = hooks.BrowserUseHook._send_once, hooks.BrowserUseAsyncHook._send_once
+
+    def timed_sync(self: Any, *args: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return sync_send(self, *args)
+        finally:
+            durations.append(time.monotonic() - started)
+
+    async def timed_async(self: Any, *args: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return await async_send(self, *args)
+        finally:
+            durations.append(time.monotonic() - started)
+
+    monkeypatch.setattr(hooks.BrowserUseHook, "_send_once", timed_sync)
+    monkeypatch.setattr(hooks.BrowserUseAsyncHook, "_send_once", timed_async)
+    return durations
+
+
 @pytest.mark.parametrize("mode", ["sync", "deferrable"])
 @pytest.mark.parametrize("fault", list(FAULTS))
 @pytest.mark.parametrize("call", list(CALLS))
-def test_fault_matrix(emulator: BrowserUseEmulator, fast_retries: None, call: str, fault: str, mode: str) -> None:
+def test_fault_matrix(
+    emulator: BrowserUseEmulator,
+    fast_retries: None,
+    other_host: HostileServer,
+    attempt_durations: list[float],
+    call: str,
+    fault: str,
+    mode: str,
+) -> None:
+    if fault in LISTING_ONLY and call != "list tasks":
+        pytest.skip("only a listing meets this fault")
+    other_host.received.clear()
     emulator.state.scenario = Scenario().add("fault job long", duration=60).add("fault job", duration=0.4, output="ok")
     emulator.state.retry_after = 1
     method, path = CALLS[call]
@@ -172,6 +234,7 @@ def test_fault_matrix(emulator: BrowserUseEmulator, fast_retries: None, call: st
     before = len(emulator.requests(method, path))
     spec = FAULTS[fault]
     if spec is not None:
+        spec = {k: v.format(other=other_host.url) if isinstance(v, str) else v for k, v in spec.items()}
         emulator.add_fault(method=method, path=path, **spec)
     outcome, message = "recovered", ""
     with refused_once(method, path) if spec is None else contextlib.nullcontext():
@@ -189,7 +252,7 @@ def test_fault_matrix(emulator: BrowserUseEmulator, fast_retries: None, call: st
     created = Counter(
         ("task" if r.path == "/tasks" else "session") for r in emulator.requests("POST", "/(tasks|sessions)")
     )
-    if call in ("create task", "task status", "get task"):
+    if call in ("create task", "task status", "get task", "list tasks"):
         duplicates = max(0, len(emulator.state.tasks) - 1)
     elif call == "create session":
         duplicates = max(0, len(emulator.state.sessions) - 1)
@@ -206,14 +269,18 @@ def test_fault_matrix(emulator: BrowserUseEmulator, fast_retries: None, call: st
             "attempts": attempts,
             "duplicates": duplicates,
             "leaked": leaked,
+            "other_host": len(other_host.received),
+            "outlived": sum(d > hooks.DEFAULT_TIMEOUT + BOUND_GRACE for d in attempt_durations),
         }
     )
     assert outcome == expected(call, fault), message
     if outcome == "failed cleanly":
         assert message.startswith(("Browser Use", "Waiting for Browser Use")) or "Browser Use" in message, message
-        assert attempts <= 4  # bounded: no retry storm
+        assert attempts <= (hooks.MAX_LIST_PAGES if fault in LISTING_ONLY else 4)  # bounded: no retry storm
     if fault in FINAL:
         assert attempts == 1  # a final answer is not retried
+    assert RESULTS[-1]["other_host"] == 0  # a redirect is never followed
+    assert RESULTS[-1]["outlived"] == 0, attempt_durations  # every attempt ends within its bound
     assert duplicates == 0, created
     # Only when the stop call itself gets a final refusal (a bad key, say) does the browser stay up:
     # the operator then fails with the API's reason, and nothing else could stop it either.
@@ -231,16 +298,23 @@ def test_print_the_matrix(capsys: pytest.CaptureFixture[str]) -> None:
     """Runs last in this module: prints the table of the cases above (into the CI log too)."""
     if not RESULTS:
         pytest.skip("run together with test_fault_matrix")
-    lines = [f"{'call':<14} {'fault':<18} {'mode':<10} {'outcome':<15} {'attempts':>8} {'dup':>4} {'leaked':>6}"]
+    lines = [
+        f"{'call':<14} {'fault':<18} {'mode':<10} {'outcome':<15} {'attempts':>8} {'dup':>4} {'leaked':>6} "
+        f"{'other host':>10} {'outlived':>8}"
+    ]
     lines += [
-        f"{r['call']:<14} {r['fault']:<18} {r['mode']:<10} {r['outcome']:<15} {r['attempts']:>8} {r['duplicates']:>4} {r['leaked']:>6}"
+        f"{r['call']:<14} {r['fault']:<18} {r['mode']:<10} {r['outcome']:<15} {r['attempts']:>8} {r['duplicates']:>4} "
+        f"{r['leaked']:>6} {r['other_host']:>10} {r['outlived']:>8}"
         for r in RESULTS
     ]
     totals = Counter(r["outcome"] for r in RESULTS)
     lines.append(
         f"cases {len(RESULTS)}, recovered {totals['recovered']}, failed cleanly {totals['failed cleanly']}, "
-        f"duplicates {sum(r['duplicates'] for r in RESULTS)}, leaked sessions {sum(r['leaked'] for r in RESULTS)}"
+        f"duplicates {sum(r['duplicates'] for r in RESULTS)}, leaked sessions {sum(r['leaked'] for r in RESULTS)}, "
+        f"requests to another host {sum(r['other_host'] for r in RESULTS)}, "
+        f"attempts past their bound {sum(r['outlived'] for r in RESULTS)}"
     )
     with capsys.disabled():
         print("\n" + "\n".join(lines))
-    assert len(RESULTS) == len(CALLS) * len(FAULTS) * 2
+    cases = sum(1 for call in CALLS for fault in FAULTS if fault not in LISTING_ONLY or call == "list tasks")
+    assert len(RESULTS) == cases * 2

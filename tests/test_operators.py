@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -403,6 +404,65 @@ def test_output_files_are_saved_and_listed(emulator: BrowserUseEmulator, tmp_pat
     assert [Path(p.removeprefix("file://")).name for p in xcom["output_files"]] == ["out.csv", "n_x.txt"]
     saved = tmp_path / xcom["browser_use_task_id"] / "out.csv"
     assert saved.read_text() == "a,b\n"
+
+
+def test_output_file_names_are_made_safe_and_distinct(emulator: BrowserUseEmulator, tmp_path: Path) -> None:
+    long_name = "r" * 300 + ".csv"
+    emulator.state.scenario = Scenario().add(
+        "export",
+        duration=0.05,
+        output_files=[
+            {"file_name": "out.csv", "content": "first"},
+            {"file_name": "OUT.csv", "content": "second"},  # the same name on a case-blind file system
+            {"file_name": "..\\..\\evil\x00.txt", "content": "contained"},
+            {"file_name": long_name, "content": "long"},
+        ],
+    )
+    _, xcom = run(
+        RunTaskOperator(task_id="run", task="export", poll_interval=0.05, output_files_path=f"file://{tmp_path}")
+    )
+    folder = tmp_path / xcom["browser_use_task_id"]
+    assert len(list(folder.iterdir())) == 4 and [p.name for p in tmp_path.iterdir()] == [folder.name]
+    saved = [Path(p.removeprefix("file://")) for p in xcom["output_files"]]
+    assert [p.read_text() for p in saved] == ["first", "second", "contained", "long"]
+    assert {p.parent for p in saved} == {folder}  # nothing outside the task's folder
+    names = [p.name for p in saved]
+    file_ids = [f["id"] for f in emulator.state.get_task(xcom["browser_use_task_id"])["outputFiles"]]
+    assert names[:3] == ["out.csv", f"{file_ids[1]}-OUT.csv", ".._.._evil_.txt"]
+    assert names[3].endswith(".csv") and len(names[3].encode()) <= 160
+
+
+@pytest.mark.parametrize("bad_name", ["..", ".", "", "   "])
+def test_an_output_file_without_a_usable_name_is_refused_before_any_download(
+    emulator: BrowserUseEmulator, tmp_path: Path, bad_name: str
+) -> None:
+    emulator.state.scenario = Scenario().add(
+        "export",
+        duration=0.05,
+        output_files=[{"file_name": "fine.csv", "content": "a"}, {"file_name": bad_name, "content": "b"}],
+    )
+    with pytest.raises(AirflowException, match="has no name it could be saved under"):
+        run(RunTaskOperator(task_id="run", task="export", poll_interval=0.05, output_files_path=f"file://{tmp_path}"))
+    assert emulator.count("GET", "/files/tasks/.*") == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_output_folder_is_named_after_the_checked_id_not_the_answer(tmp_path: Path) -> None:
+    from airflow_provider_browseruse._common import download_output_files
+
+    class Hook:
+        def get_output_file(self, task_id: str, file_id: str) -> dict[str, str]:
+            return {"downloadUrl": "https://files.example/x"}
+
+        def download(self, url: str, destination: Any, *, call: str) -> int:
+            destination.write(b"data")
+            return 4
+
+    hostile_view = {"id": "../../escaped", "outputFiles": [{"id": SID, "fileName": "f.txt"}]}
+    tid = "9b2f7c1e-4a5d-4e6f-8a7b-1c2d3e4f5a6b"
+    paths = download_output_files(Hook(), logging.getLogger("t"), tid, hostile_view, f"file://{tmp_path}/out")  # type: ignore[arg-type]
+    assert paths == [f"file://{tmp_path}/out/{tid}/f.txt"]
+    assert not (tmp_path / "escaped").exists()
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
@@ -98,25 +100,65 @@ def api_settings(conn: Any, conn_id: str) -> ApiSettings:
             "put the key (bu_...) in the connection's password field."
         )
     extra = conn.extra_dejson or {}
-    written = _written_base_url(conn, extra)
-    parts = urlsplit(written.rstrip("/"))
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise AirflowException(
-            f"Airflow connection {conn_id!r} has base URL {written!r}: expected an http(s) URL "
-            f"such as {_wire.DEFAULT_BASE_URL!r}."
-        )
+    parts = _checked_url_parts(_written_base_url(conn, extra), conn_id)
     if parts.scheme == "http" and not _is_loopback(parts.hostname) and not _is_true(extra.get("allow_insecure_http")):
         raise AirflowException(
             f"Airflow connection {conn_id!r} has a plain-http base URL to {parts.hostname!r}: the "
             "API key would travel unencrypted. Use https, or set the extra "
             '{"allow_insecure_http": true} if you really mean it.'
         )
+    # Rebuilt from the parts just checked, so that the client connects where the check looked.
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = f":{parts.port}" if parts.port is not None else ""
     path = parts.path.rstrip("/") or DEFAULT_API_PATH
     ui_base_url = str(extra.get("ui_base_url") or _wire.DEFAULT_UI_BASE_URL).rstrip("/")
-    return ApiSettings(f"{parts.scheme}://{parts.netloc}{path}", api_key, ui_base_url)
+    return ApiSettings(f"{parts.scheme}://{host}{port}{path}", api_key, ui_base_url)
+
+
+@dataclass(frozen=True)
+class _UrlParts:
+    scheme: str
+    hostname: str
+    port: int | None
+    path: str
+
+
+def _checked_url_parts(written: str, conn_id: str) -> _UrlParts:
+    """The parts of a base URL, refusing what a client could read another way than the check."""
+
+    def refuse(why: str) -> AirflowException:
+        return AirflowException(
+            f"Airflow connection {conn_id!r} has base URL {written!r}: {why}; expected an http(s) URL "
+            f"such as {_wire.DEFAULT_BASE_URL!r}."
+        )
+
+    if any(char == "\\" or char.isspace() or not char.isprintable() for char in written):
+        raise refuse("it holds a backslash, white space or a control character")
+    parts = urlsplit(written.rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise refuse("no http(s) scheme and host")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise refuse("a user name or password in the URL (the key goes in the password field)")
+    if parts.query or parts.fragment:
+        raise refuse("a query or fragment")
+    try:
+        port = parts.port
+    except ValueError:
+        raise refuse("its port is not a number from 0 to 65535") from None
+    return _UrlParts(parts.scheme, parts.hostname, port, parts.path)
 
 
 # --- answers and errors, shared by the sync and async hooks ------------------------------------
+
+#: The largest answer the hooks read from the API. A real one is a few KB (a long task's steps,
+#: some hundred KB); past this, the answer is refused unread rather than held in memory.
+MAX_ANSWER_BYTES = 8 << 20
+#: The most pages a listing reads (of 100 items) before it stops with an error.
+MAX_LIST_PAGES = 100
+#: The largest output file :meth:`BrowserUseHook.download` saves, unless the hook is told otherwise.
+DEFAULT_MAX_DOWNLOAD_BYTES = 1 << 30
+#: Seconds one download attempt may take in all, unless the hook is told otherwise.
+DEFAULT_DOWNLOAD_TIMEOUT = 600.0
 
 #: What an HTTP error status means to a DAG author; ``{detail}`` is the API's own words.
 _STATUS_MEANINGS = {
@@ -130,13 +172,30 @@ _STATUS_MEANINGS = {
 _EMPTY_DETAILS = {401: "unauthorized", 403: "unauthorized", 404: "not found"}
 
 
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Return ``text`` with every secret (the API key, task secrets) replaced by ``***``.
+
+    An answer may echo what was sent (a verbose proxy, a misconfigured server): nothing the
+    provider raises, logs or puts in a trigger event may carry it on.
+    """
+    for secret in secrets:
+        if len(secret) >= 3:  # shorter values are not secrets anyone could pick out of a message
+            text = text.replace(secret, "***")
+    return text
+
+
 def _failure_reason(kind: FailureKind, http_status: int | None, detail: str, reason: str, conn_id: str) -> str:
     if kind == "unreachable":
         return f"could not connect to the API ({reason})"
     if kind == "interrupted":
         return f"no complete answer from the API ({reason})"
     if kind == "malformed":
-        return f"the API answered HTTP {http_status} with a body that is not the expected JSON"
+        return f"the API's answer (HTTP {http_status}) is not what it should be: {reason or 'not JSON'}"
+    if http_status is not None and 300 <= http_status < 400:
+        return (
+            f"HTTP {http_status}: the API answered with a redirect, which it never sends; it was not "
+            "followed (nothing was sent on). Check the connection's base URL"
+        )
     detail = detail or _EMPTY_DETAILS.get(http_status or 0, "")
     meaning = _STATUS_MEANINGS.get(http_status or 0, "{detail}").format(detail=detail, conn_id=conn_id)
     return f"HTTP {http_status}: {meaning}" if meaning else f"HTTP {http_status}"
@@ -151,6 +210,7 @@ def api_error(
     kind: FailureKind = "http",
     retry_after: float | None = None,
     reason: str = "",
+    secrets: Iterable[str] = (),
 ) -> BrowserUseAPIError:
     """Build the error for a failed call, in words a DAG author understands.
 
@@ -160,11 +220,14 @@ def api_error(
     :param body: the error body the API sent (its ``detail`` is shown).
     :param kind: how the call failed.
     :param retry_after: the ``Retry-After`` seconds the API asked for.
-    :param reason: the transport error's name, when no HTTP answer arrived.
+    :param reason: why, when no usable HTTP answer arrived.
+    :param secrets: values to redact from the message and the detail (see :func:`redact`).
     """
-    detail = _wire.error_detail(body) if body is not None else reason
+    secrets = tuple(secrets)
+    detail = redact(_wire.error_detail(body) if body is not None else reason, secrets)
+    why = _failure_reason(kind, http_status, detail, reason, conn_id)
     return BrowserUseAPIError(
-        f"Browser Use {call} failed: {_failure_reason(kind, http_status, detail, reason, conn_id)}",
+        redact(f"Browser Use {call} failed: {why}", secrets),
         call=call,
         http_status=http_status,
         detail=detail,
@@ -173,33 +236,46 @@ def api_error(
     )
 
 
+def parse_json(body: bytes) -> Any:
+    """Return the value of a UTF-8 JSON body.
+
+    :raises ValueError: the body is not UTF-8, not JSON, or nested too deep to parse.
+    """
+    try:
+        return json.loads(body.decode("utf-8"))
+    except RecursionError:  # a hostile answer such as [[[[...]]]]: refused, not a crash
+        raise ValueError("JSON nested too deeply") from None
+
+
 def read_answer(
-    call: str,
-    conn_id: str,
-    status: int,
-    retry_after: str | None,
-    read_json: Callable[[], Any],
-    read_text: Callable[[], str],
+    call: str, conn_id: str, status: int, retry_after: str | None, body: bytes, secrets: Iterable[str] = ()
 ) -> Any:
-    """Return the JSON of an answer (None for 204), or raise the error it stands for."""
-    if status >= 400:
+    """Return the JSON of a complete answer (None for 204), or raise the error it stands for."""
+    if status >= 300:
         try:
-            body: Any = read_json()
+            detail_body: Any = parse_json(body)
         except ValueError:
-            body = read_text()[:500]
-        raise api_error(call, conn_id, http_status=status, body=body, retry_after=retry_after_seconds(retry_after))
+            detail_body = body[:500].decode("utf-8", "replace")
+        raise api_error(
+            call,
+            conn_id,
+            http_status=status,
+            body=detail_body,
+            retry_after=retry_after_seconds(retry_after),
+            secrets=secrets,
+        )
     if status == 204:
         return None
     try:
-        return read_json()
+        return parse_json(body)
     except ValueError as error:
-        raise api_error(call, conn_id, http_status=status, kind="malformed") from error
+        raise api_error(call, conn_id, http_status=status, kind="malformed", reason=str(error)) from None
 
 
 def require_dict(call: str, conn_id: str, answer: Any) -> dict[str, Any]:
     """Return ``answer`` if it is a JSON object, else raise a ``malformed`` error."""
     if not isinstance(answer, dict):
-        raise api_error(call, conn_id, http_status=200, kind="malformed")
+        raise api_error(call, conn_id, http_status=200, kind="malformed", reason="not a JSON object")
     return answer
 
 
@@ -207,6 +283,93 @@ def retry_after_seconds(value: str | None) -> float | None:
     """Return an integer ``Retry-After`` in seconds; dates and garbage give None."""
     if value and value.strip().isdigit():
         return float(value.strip())
+    return None
+
+
+class AnswerOverrun(Exception):
+    """An answer that outran its bound: too slow (``kind="interrupted"``) or too large (``"malformed"``)."""
+
+    def __init__(self, kind: FailureKind, reason: str) -> None:
+        super().__init__(reason)
+        self.kind: FailureKind = kind
+        self.reason = reason
+
+
+def read_within(raw: Any, seconds: float, limit: int, sink: Callable[[bytes], Any]) -> int:
+    """Pass a urllib3 response's decoded body to ``sink`` within ``seconds`` and ``limit`` bytes.
+
+    A watchdog shuts the socket down at the deadline, so a body that drips a byte at a time (each
+    read well within the per-read timeout) still ends on time.
+
+    :return: the number of bytes read.
+    :raises AnswerOverrun: too slow, or too large.
+    """
+    if seconds <= 0:
+        raise AnswerOverrun("interrupted", "no complete answer in time")
+    late = threading.Event()
+
+    def cut() -> None:
+        late.set()
+        raw.shutdown()
+
+    watchdog = threading.Timer(seconds, cut)
+    watchdog.daemon = True
+    watchdog.start()
+    size = 0
+    try:
+        while chunk := raw.read1(1 << 16, decode_content=True):
+            size += len(chunk)
+            if size > limit:
+                raise AnswerOverrun("malformed", f"the answer is larger than {limit:,} bytes")
+            sink(chunk)
+    except AnswerOverrun:
+        raise
+    except Exception:
+        if late.is_set():
+            raise AnswerOverrun("interrupted", f"no complete answer within {seconds:.0f} s") from None
+        raise
+    finally:
+        watchdog.cancel()
+    if late.is_set():
+        raise AnswerOverrun("interrupted", f"no complete answer within {seconds:.0f} s")
+    return size
+
+
+def exchange_within(
+    send: Callable[[], requests.Response], seconds: float, limit: int, sink: Callable[[bytes], Any]
+) -> tuple[int, str | None]:
+    """Make one sync request and read its whole answer into ``sink`` within ``seconds`` and ``limit``.
+
+    :param send: makes the request with ``stream=True`` and ``allow_redirects=False``.
+    :return: the HTTP status and the ``Retry-After`` header.
+    :raises AnswerOverrun: too slow or too large; requests' and urllib3's errors as they come.
+    """
+    started = time.monotonic()
+    with send() as response:
+        read_within(response.raw, seconds - (time.monotonic() - started), limit, sink)
+        return response.status_code, response.headers.get("Retry-After")
+
+
+def sync_transport_error(call: str, conn_id: str, error: Exception) -> BrowserUseAPIError | None:
+    """The API error a requests or urllib3 failure stands for, or None for anything else."""
+    import requests  # lazy, as in ``BrowserUseHook.http``
+    from urllib3.exceptions import DecodeError, HTTPError, NewConnectionError
+
+    if isinstance(error, AnswerOverrun):
+        return api_error(call, conn_id, kind=error.kind, reason=error.reason)
+    if isinstance(error, (requests.exceptions.ContentDecodingError, DecodeError)):
+        return api_error(call, conn_id, kind="malformed", reason="its body could not be decoded")
+    if isinstance(error, requests.ConnectionError):
+        # A refused or timed-out connect never sent the request; anything else may have.
+        reason = error.args[0] if error.args else None
+        never_sent = isinstance(error, requests.ConnectTimeout) or isinstance(
+            getattr(reason, "reason", None), NewConnectionError
+        )
+        return api_error(
+            call, conn_id, kind="unreachable" if never_sent else "interrupted", reason=type(error).__name__
+        )
+    if isinstance(error, (requests.RequestException, HTTPError, OSError)):  # read timeout, broken body
+        return api_error(call, conn_id, kind="interrupted", reason=type(error).__name__)
     return None
 
 
@@ -221,9 +384,15 @@ class BrowserUseHook(BaseHook):
     fails after the retries its kind allows (see :class:`~airflow_provider_browseruse._retry.RetryPolicy`).
     Ids are checked to be UUIDs before anything is sent (``ValueError`` naming the parameter).
 
+    Every attempt is bounded: its whole answer must arrive within ``timeout`` seconds and
+    :data:`MAX_ANSWER_BYTES`; a redirect is an error, never followed; a listing reads at most
+    :data:`MAX_LIST_PAGES` pages. The API key and task secrets are redacted from every error.
+
     :param browser_use_conn_id: the Airflow connection (type ``browser_use``).
-    :param timeout: seconds to wait for each HTTP answer.
+    :param timeout: seconds one attempt of a call may take, from request to the answer's last byte.
     :param retry_policy: retry limits; the default retries 5 times within 120 s.
+    :param max_download_bytes: the largest output file :meth:`download` saves.
+    :param download_timeout: seconds one download attempt may take.
     """
 
     conn_name_attr = "browser_use_conn_id"
@@ -237,14 +406,16 @@ class BrowserUseHook(BaseHook):
         *,
         timeout: float | None = None,
         retry_policy: RetryPolicy | None = None,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.browser_use_conn_id = browser_use_conn_id
-        self.timeout = timeout or DEFAULT_TIMEOUT
+        self.timeout = _wire.check_seconds(timeout, "timeout") if timeout is not None else DEFAULT_TIMEOUT
         self.retry_policy = retry_policy or RetryPolicy()
+        self.max_download_bytes = _wire.check_count(max_download_bytes, "max_download_bytes")
+        self.download_timeout = _wire.check_seconds(download_timeout, "download_timeout")
         self._sleep: Callable[[float], Any] = time.sleep
         self._settings: ApiSettings | None = None
         self._http: requests.Session | None = None
@@ -294,8 +465,9 @@ class BrowserUseHook(BaseHook):
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         resend_safe: bool = True,
+        secrets: Iterable[str] = (),
     ) -> Any:
-        return self._retrying_for(resend_safe)(self._send_once, call, method, path, json, params)
+        return self._retrying_for(resend_safe)(self._send_once, call, method, path, json, params, tuple(secrets))
 
     def _retrying_for(self, resend_safe: bool) -> tenacity.Retrying:
         if resend_safe not in self._retrying:
@@ -303,47 +475,55 @@ class BrowserUseHook(BaseHook):
             self._retrying[resend_safe] = tenacity.Retrying(**arguments)
         return self._retrying[resend_safe]
 
-    def _send_once(self, call: str, method: str, path: str, json: Any, params: Mapping[str, Any] | None) -> Any:
-        import requests  # lazy, as in ``http``: loaded by then, so this costs nothing
-        from urllib3.exceptions import NewConnectionError
-
-        conn_id = self.browser_use_conn_id
+    def _send_once(
+        self, call: str, method: str, path: str, json: Any, params: Mapping[str, Any] | None, secrets: tuple[str, ...]
+    ) -> Any:
+        secrets = (self.settings.api_key, *secrets)
+        url = self.settings.base_url + path
+        body = bytearray()
         try:
-            response = self.http.request(
-                method, self.settings.base_url + path, json=json, params=params, timeout=self.timeout
+            status, retry_after = exchange_within(
+                lambda: self.http.request(
+                    method, url, json=json, params=params, timeout=self.timeout, stream=True, allow_redirects=False
+                ),
+                self.timeout,
+                MAX_ANSWER_BYTES,
+                body.extend,
             )
-        except requests.ConnectionError as error:
-            # A refused or timed-out connect never sent the request; anything else may have.
-            reason = error.args[0] if error.args else None
-            never_sent = isinstance(error, requests.ConnectTimeout) or isinstance(
-                getattr(reason, "reason", None), NewConnectionError
-            )
-            kind: FailureKind = "unreachable" if never_sent else "interrupted"
-            raise api_error(call, conn_id, kind=kind, reason=type(error).__name__) from error
-        except requests.RequestException as error:  # read timeout, broken chunked body
-            raise api_error(call, conn_id, kind="interrupted", reason=type(error).__name__) from error
-        return read_answer(
-            call,
-            conn_id,
-            response.status_code,
-            response.headers.get("Retry-After"),
-            response.json,
-            lambda: response.text,
-        )
+        except Exception as error:
+            mapped = sync_transport_error(call, self.browser_use_conn_id, error)
+            if mapped is None:
+                raise
+            raise mapped from error
+        return read_answer(call, self.browser_use_conn_id, status, retry_after, bytes(body), secrets)
 
-    def _call_for_dict(self, call: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        return require_dict(call, self.browser_use_conn_id, self._call(call, method, path, **kwargs))
+    def _call_for_dict(
+        self, call: str, method: str, path: str, *, required: tuple[str, ...] = (), **kwargs: Any
+    ) -> dict[str, Any]:
+        answer = require_dict(call, self.browser_use_conn_id, self._call(call, method, path, **kwargs))
+        missing = [name for name in required if not isinstance(answer.get(name), str)]
+        if missing:
+            reason = f"it has no {' or '.join(missing)}"
+            raise api_error(call, self.browser_use_conn_id, http_status=200, kind="malformed", reason=reason)
+        return answer
 
     def _list_all(self, call: str, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
-        page_number = 1
-        while True:
+        for page_number in range(1, MAX_LIST_PAGES + 1):
             page = self._call_for_dict(call, "GET", path, params={**params, "pageNumber": page_number})
-            page_items = page.get("items") or []
+            page_items, total = page.get("items"), page.get("totalItems")
+            if not isinstance(page_items, list) or not isinstance(total, int):
+                raise api_error(call, self.browser_use_conn_id, http_status=200, kind="malformed", reason="not a page")
             items.extend(page_items)
-            if not page_items or len(items) >= int(page.get("totalItems") or 0):
+            if not page_items or len(items) >= total:
                 return items
-            page_number += 1
+        raise api_error(
+            call,
+            self.browser_use_conn_id,
+            http_status=200,
+            kind="malformed",
+            reason=f"still more after {MAX_LIST_PAGES} pages ({len(items)} items; it claims {total})",
+        )
 
     # --- account ----------------------------------------------------------------------------
 
@@ -382,7 +562,7 @@ class BrowserUseHook(BaseHook):
             dropped connection, a timeout or a 5xx the session may exist all the same.
         """
         return self._call_for_dict(
-            "create_session", "POST", _wire.SESSIONS_PATH, json=dict(body or {}), resend_safe=False
+            "create_session", "POST", _wire.SESSIONS_PATH, json=dict(body or {}), resend_safe=False, required=("id",)
         )
 
     def get_session(self, session_id: str) -> dict[str, Any]:
@@ -449,7 +629,16 @@ class BrowserUseHook(BaseHook):
             raise ValueError(f"task must be a non-empty prompt for the agent, got {task!r}")
         if body.get("sessionId") is not None:
             body = {**body, "sessionId": _wire.require_uuid(body["sessionId"], "session_id")}
-        return self._call_for_dict("create_task", "POST", _wire.TASKS_PATH, json=dict(body), resend_safe=False)
+        secrets = [value for value in (body.get("secrets") or {}).values() if isinstance(value, str)]
+        return self._call_for_dict(
+            "create_task",
+            "POST",
+            _wire.TASKS_PATH,
+            json=dict(body),
+            resend_safe=False,
+            secrets=secrets,
+            required=("id", "sessionId"),
+        )
 
     def get_task(self, browser_use_task_id: str) -> dict[str, Any]:
         """Return the full task (``GET /tasks/{id}``): fetch it once, at the end.
@@ -460,7 +649,9 @@ class BrowserUseHook(BaseHook):
         :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown task.
         """
         task_id = _wire.require_uuid(browser_use_task_id, "browser_use_task_id")
-        return self._call_for_dict(f"get_task({task_id})", "GET", _wire.task_path(task_id))
+        return self._call_for_dict(
+            f"get_task({task_id})", "GET", _wire.task_path(task_id), required=("id", "sessionId")
+        )
 
     def get_task_status(self, browser_use_task_id: str) -> dict[str, Any]:
         """Return the light task status (``GET /tasks/{id}/status``), the call meant for polling.
@@ -484,7 +675,9 @@ class BrowserUseHook(BaseHook):
         """
         task_id = _wire.require_uuid(browser_use_task_id, "browser_use_task_id")
         body = _wire.STOP_TASK_AND_SESSION_BODY if stop_session else _wire.STOP_TASK_BODY
-        return self._call_for_dict(f"stop_task({task_id})", "PATCH", _wire.task_path(task_id), json=body)
+        return self._call_for_dict(
+            f"stop_task({task_id})", "PATCH", _wire.task_path(task_id), json=body, required=("sessionId",)
+        )
 
     def list_tasks(
         self,
@@ -524,20 +717,23 @@ class BrowserUseHook(BaseHook):
         """
         task_id = _wire.require_uuid(browser_use_task_id, "browser_use_task_id")
         file_id = _wire.require_uuid(file_id, "file_id")
-        return self._call_for_dict(f"get_output_file({task_id})", "GET", _wire.output_file_path(task_id, file_id))
+        return self._call_for_dict(
+            f"get_output_file({task_id})", "GET", _wire.output_file_path(task_id, file_id), required=("downloadUrl",)
+        )
 
     def download(self, url: str, destination: BinaryIO, *, call: str = "download") -> int:
         """Stream a presigned URL into ``destination``, without the API key.
 
-        A presigned URL carries its own grant, often to another host. Each attempt goes to a
-        local spool, copied to ``destination`` once complete, so a retry never needs to rewind a
-        destination that cannot seek (an S3 or GCS upload).
+        A presigned URL carries its own grant, often to another host; a redirect is not
+        followed. Each attempt must end within ``download_timeout`` and ``max_download_bytes``
+        and goes to a local spool, copied to ``destination`` once complete, so a retry never
+        needs to rewind a destination that cannot seek (an S3 or GCS upload).
 
         :param url: the presigned URL (from :meth:`get_output_file`); never logged.
         :param destination: a binary file object to write to.
         :param call: how the download is named in errors.
         :return: the number of bytes written.
-        :raises BrowserUseAPIError: the download failed after its retries.
+        :raises BrowserUseAPIError: the download failed after its retries, or was too large or slow.
         """
         with self._retrying_for(True)(self._download_once, url, call) as spool:
             size = spool.tell()
@@ -550,19 +746,25 @@ class BrowserUseHook(BaseHook):
 
         spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=16 << 20)  # noqa: SIM115 (returned open)
         try:
-            with requests.get(url, stream=True, timeout=self.timeout, headers={"User-Agent": USER_AGENT}) as answer:
-                if answer.status_code >= 400:
-                    raise api_error(
-                        call, self.browser_use_conn_id, http_status=answer.status_code, body=answer.text[:200]
-                    )
-                for chunk in answer.iter_content(chunk_size=1 << 16):
-                    spool.write(chunk)
-        except requests.RequestException as error:  # the URL is in the message: keep it out
+            status, _ = exchange_within(
+                lambda: requests.get(
+                    url, stream=True, timeout=self.timeout, allow_redirects=False, headers={"User-Agent": USER_AGENT}
+                ),
+                self.download_timeout,
+                self.max_download_bytes,
+                spool.write,
+            )
+            if status >= 300:
+                spool.seek(0)
+                raise api_error(
+                    call, self.browser_use_conn_id, http_status=status, body=spool.read(200).decode("utf-8", "replace")
+                )
+        except Exception as error:
             spool.close()
-            raise api_error(call, self.browser_use_conn_id, kind="interrupted", reason=type(error).__name__) from None
-        except BaseException:
-            spool.close()
-            raise
+            mapped = sync_transport_error(call, self.browser_use_conn_id, error)
+            if mapped is None:
+                raise
+            raise mapped from None  # the URL is in requests' message: keep it out
         return spool
 
 
@@ -628,8 +830,11 @@ class BrowserUseAsyncHook:
     :class:`~airflow_provider_browseruse.exceptions.BrowserUseAPIError`, exactly as
     :class:`BrowserUseHook`. The connection is read with Airflow's async connection API.
 
+    Each attempt is bounded as in :class:`BrowserUseHook`: its whole answer within ``timeout``
+    and :data:`MAX_ANSWER_BYTES`, no redirect followed, the key redacted from every error.
+
     :param browser_use_conn_id: the Airflow connection (type ``browser_use``).
-    :param timeout: seconds to wait for each HTTP answer.
+    :param timeout: seconds one attempt of a call may take, from request to the answer's last byte.
     :param retry_policy: retry limits; the default retries 5 times within 120 s.
     """
 
@@ -641,7 +846,7 @@ class BrowserUseAsyncHook:
         retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.browser_use_conn_id = browser_use_conn_id
-        self.timeout = timeout or DEFAULT_TIMEOUT
+        self.timeout = _wire.check_seconds(timeout, "timeout") if timeout is not None else DEFAULT_TIMEOUT
         self.retry_policy = retry_policy or RetryPolicy()
         self._settings: ApiSettings | None = None
         self.log = logging.getLogger(__name__)
@@ -660,6 +865,10 @@ class BrowserUseAsyncHook:
             mask_secret(self._settings.api_key)
         return self._settings
 
+    def redact(self, text: str) -> str:
+        """Return ``text`` without the API key (once the connection has been read)."""
+        return redact(text, (self._settings.api_key,)) if self._settings is not None else text
+
     async def _call(self, call: str, method: str, path: str, *, json: Any = None) -> dict[str, Any]:
         retrying = tenacity.AsyncRetrying(
             **self.retry_policy.tenacity_arguments(resend_safe=True, sleep=asyncio.sleep, log=self.log)
@@ -673,27 +882,37 @@ class BrowserUseAsyncHook:
         pool = shared_pool()
         client = await pool.take()
         try:
-            response = await client.request(
-                method,
-                settings.base_url + path,
-                json=json,
-                headers={_wire.API_KEY_HEADER: settings.api_key},
-                timeout=self.timeout,
+            status, retry_after, body = await asyncio.wait_for(
+                self._exchange(client, method, settings.base_url + path, json, settings.api_key), self.timeout
             )
+        except asyncio.TimeoutError:
+            raise api_error(
+                call, conn_id, kind="interrupted", reason=f"no complete answer within {self.timeout:g} s"
+            ) from None
+        except AnswerOverrun as error:
+            raise api_error(call, conn_id, kind=error.kind, reason=error.reason) from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:  # never sent
             raise api_error(call, conn_id, kind="unreachable", reason=type(error).__name__) from error
+        except httpx.DecodingError as error:  # a body that claims an encoding it does not have
+            raise api_error(call, conn_id, kind="malformed", reason="its body could not be decoded") from error
         except httpx.TransportError as error:  # read timeout, dropped connection, broken answer
             raise api_error(call, conn_id, kind="interrupted", reason=type(error).__name__) from error
         finally:
             pool.give_back(client)
-        return read_answer(
-            call,
-            conn_id,
-            response.status_code,
-            response.headers.get("Retry-After"),
-            response.json,
-            lambda: response.text,
-        )
+        return read_answer(call, conn_id, status, retry_after, body, (settings.api_key,))
+
+    async def _exchange(
+        self, client: httpx.AsyncClient, method: str, url: str, json: Any, api_key: str
+    ) -> tuple[int, str | None, bytes]:
+        """One request and its whole answer, at most :data:`MAX_ANSWER_BYTES` (redirects are not followed)."""
+        headers = {_wire.API_KEY_HEADER: api_key}
+        async with client.stream(method, url, json=json, headers=headers, timeout=self.timeout) as response:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise AnswerOverrun("malformed", f"the answer is larger than {MAX_ANSWER_BYTES:,} bytes")
+            return response.status_code, response.headers.get("Retry-After"), bytes(body)
 
     async def get_session(self, session_id: str) -> dict[str, Any]:
         """Return the session (SessionView); as :meth:`BrowserUseHook.get_session`.

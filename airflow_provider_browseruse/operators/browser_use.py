@@ -80,8 +80,8 @@ class StopSessionOperator(BrowserUseBaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         _common.check_id_if_known(session_id, "session_id")
-        _common.check_positive(poll_interval, "poll_interval")
-        _common.check_positive(timeout, "timeout")
+        _wire.check_seconds(poll_interval, "poll_interval")
+        _wire.check_seconds(timeout, "timeout")
         self.session_id = session_id
         self.missing_ok = missing_ok
         self.poll_interval = poll_interval
@@ -188,6 +188,10 @@ class CreateSessionOperator(BrowserUseBaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         _common.check_id_if_known(profile_id, "profile_id")
+        if browser_screen_width is not None:
+            _wire.check_count(browser_screen_width, "browser_screen_width", minimum=320, maximum=6144)
+        if browser_screen_height is not None:
+            _wire.check_count(browser_screen_height, "browser_screen_height", minimum=320, maximum=3456)
         self.profile_id = profile_id
         self.proxy_country_code = proxy_country_code
         self.start_url = start_url
@@ -332,6 +336,9 @@ class RunTaskOperator(BrowserUseBaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        _common.check_string_mapping(metadata, "metadata")
+        _common.check_string_mapping(secrets, "secrets")
+        _common.check_string_list(allowed_domains, "allowed_domains")
         self.task = task
         self.session_id = session_id
         self.llm = llm
@@ -362,8 +369,8 @@ class RunTaskOperator(BrowserUseBaseOperator):
         if not isinstance(self.task, str) or not self.task.strip():
             raise ValueError(f"task must be a non-empty prompt for the agent, got {self.task!r}")
         _common.check_id_if_known(self.session_id, "session_id")
-        _common.check_positive(self.poll_interval, "poll_interval")
-        _common.check_positive(self.timeout, "timeout")
+        _wire.check_seconds(self.poll_interval, "poll_interval")
+        _wire.check_seconds(self.timeout, "timeout")
         if self.success_policy is _wire.SuccessPolicy.JUDGE and not self.judge:
             raise ValueError("success_policy='judge' needs judge=True: without the judge there is no verdict")
         if self.metadata is not None and len(self.metadata) > _wire.MAX_METADATA_PAIRS - OWN_TAGS:
@@ -372,9 +379,8 @@ class RunTaskOperator(BrowserUseBaseOperator):
                 f"{_wire.MAX_METADATA_PAIRS}; the provider uses {OWN_TAGS} to find its tasks again), "
                 f"got {len(self.metadata)}"
             )
-        max_steps = self.max_steps
-        if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1):
-            raise ValueError(f"max_steps must be a positive whole number, got {max_steps!r}")
+        if self.max_steps is not None:
+            _wire.check_count(self.max_steps, "max_steps")
         if self.session_settings is not None and self.session_id is not None:
             raise ValueError(
                 "session_settings applies only to the one-off session a task starts without session_id; "

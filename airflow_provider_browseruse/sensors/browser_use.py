@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.triggers.base import BaseTrigger
 
+#: The longest sensor timeout accepted: a year.
+SENSOR_TIMEOUT_LIMIT = 365 * 24 * 3600.0
+
 # The triggers module is imported only when a sensor defers: airflow.triggers.base costs every
 # DAG file that imports these sensors ~8 ms (make bench).
 
@@ -36,6 +39,9 @@ class BrowserUseBaseSensor(BaseSensorOperator):
         self, *, browser_use_conn_id: str = "browser_use_default", deferrable: bool | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
+        _wire.check_seconds(self.poke_interval, "poke_interval")
+        # Airflow's own sensor timeout may be long (its default is 7 days), but never NaN or infinite.
+        _wire.check_seconds(self.timeout, "timeout", maximum=SENSOR_TIMEOUT_LIMIT)
         self.browser_use_conn_id = browser_use_conn_id
         self.deferrable = _common.default_deferrable() if deferrable is None else deferrable
 

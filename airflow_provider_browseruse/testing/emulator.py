@@ -138,6 +138,12 @@ class Fault(BaseModel):
     :param malformed: answer 200 with a body that is not JSON.
     :param after_handling: let the emulator handle the request first (a create creates), then
         replace its answer with the fault: the ambiguous failure a client must not resend.
+    :param redirect_to: answer ``307`` with this ``Location`` (the real API never redirects).
+    :param corrupt_gzip: answer 200 with ``Content-Encoding: gzip`` and a body that is not gzip.
+    :param deep_json: answer 200 with JSON nested 100,000 levels deep.
+    :param drip: answer 200 with a JSON body sent one byte every ``drip`` seconds.
+    :param oversized: answer 200 with a JSON string body of this many bytes.
+    :param endless_pages: answer a list page that claims a billion items, however far one pages.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -151,13 +157,20 @@ class Fault(BaseModel):
     drop: bool = False
     malformed: bool = False
     after_handling: bool = False
+    redirect_to: str | None = None
+    corrupt_gzip: bool = False
+    deep_json: bool = False
+    drip: float = Field(default=0, ge=0)
+    oversized: int = Field(default=0, ge=0)
+    endless_pages: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method.upper() == method) and re.fullmatch(self.path, path) is not None
 
     @property
     def replaces_answer(self) -> bool:
-        return self.status is not None or self.drop or self.malformed
+        hostile = self.redirect_to or self.corrupt_gzip or self.deep_json or self.drip or self.oversized
+        return bool(self.status is not None or self.drop or self.malformed or hostile or self.endless_pages)
 
 
 @dataclass(frozen=True)
@@ -374,6 +387,11 @@ class _Front:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not _is_loopback_host(dict(scope["headers"]).get(b"host", b"")):
+            # A web page can reach a loopback server by a name it controls (DNS rebinding): only
+            # callers that name this server by a loopback name or address are answered.
+            await _send_raw(send, 421, b'{"detail":"This emulator answers only requests to a loopback host"}')
+            return
         arrived, started = time.time(), time.perf_counter()
         method, path = scope["method"], scope["path"]
         is_api = path.startswith(API_PREFIX)
@@ -463,12 +481,62 @@ async def _answer_with_fault(fault: Fault, send: Send) -> None:
     if fault.malformed:
         await _send_raw(send, 200, b'{"id": "not json')
         return
+    if fault.redirect_to or fault.corrupt_gzip or fault.deep_json or fault.endless_pages:
+        await _send_hostile(fault, send)
+        return
+    if fault.drip:
+        body = json.dumps({"detail": "dripping", "pad": "x" * 80}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        for byte in body:
+            await asyncio.sleep(fault.drip)
+            await send({"type": "http.response.body", "body": bytes([byte]), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    if fault.oversized:
+        chunk, left = b"a" * (1 << 20), fault.oversized - 2
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % fault.oversized)]}
+        )
+        await send({"type": "http.response.body", "body": b'"', "more_body": True})
+        while left > 0:
+            await send({"type": "http.response.body", "body": chunk[:left], "more_body": True})
+            left -= len(chunk)
+        await send({"type": "http.response.body", "body": b'"', "more_body": False})
+        return
     headers = [(b"retry-after", str(fault.retry_after).encode())] if fault.retry_after is not None else []
     body = json.dumps({"detail": f"Emulated fault: HTTP {fault.status}"}).encode()
     await _send_raw(send, fault.status or 500, body, headers)
 
 
+async def _send_hostile(fault: Fault, send: Send) -> None:
+    """The small hostile answers: a redirect, a corrupt gzip body, deep JSON, an endless page."""
+    if fault.redirect_to:
+        await _send_raw(send, 307, b"", [(b"location", fault.redirect_to.encode())])
+    elif fault.corrupt_gzip:
+        await _send_raw(send, 200, b"\x1f\x8b\x08\x00not gzip at all" * 4, [(b"content-encoding", b"gzip")])
+    elif fault.deep_json:
+        await _send_raw(send, 200, b"[" * 100_000 + b"]" * 100_000)
+    else:
+        page = {"items": [{"id": str(uuid.uuid4())}], "totalItems": 10**9, "pageNumber": 1, "pageSize": 100}
+        await _send_raw(send, 200, json.dumps(page).encode())
+
+
 # --- the server --------------------------------------------------------------------------------
+
+
+def _is_loopback_host(header: bytes) -> bool:
+    """Whether a ``Host`` header names a loopback host (``localhost``, ``127.x``, ``[::1]``), any port."""
+    host = header.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else ""
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _require_loopback(host: str) -> None:

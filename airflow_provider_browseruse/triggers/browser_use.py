@@ -53,19 +53,38 @@ class _PollingTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = self.hook()
         while True:
-            try:
-                event = await self.check(hook)
-            except BrowserUseAPIError as error:
-                yield self.event("error", message=str(error), http_status=error.http_status)
-                return
+            event = await self._check_within_deadline(hook)
             if event is not None:
                 yield event
                 return
             remaining = self.end_time - time.time()
             if remaining <= 0:
-                yield self.event("timeout", message=f"still waiting at the deadline ({self.end_time:.0f})")
+                yield self._timeout_event()
                 return
             await asyncio.sleep(min(self.poll_interval, remaining))
+
+    async def _check_within_deadline(self, hook: BrowserUseAsyncHook) -> TriggerEvent | None:
+        """One check, bounded by the time left, that turns every failure into an event.
+
+        Whatever a server answers must not kill the trigger: Airflow would then fail the task
+        without ``execute_complete``, and the remote work would never be stopped.
+        """
+        remaining = self.end_time - time.time()
+        if remaining <= 0:
+            return self._timeout_event()
+        try:
+            return await asyncio.wait_for(self.check(hook), remaining)
+        except asyncio.TimeoutError:
+            return self._timeout_event()
+        except BrowserUseAPIError as error:
+            return self.event("error", message=str(error), http_status=error.http_status)
+        except Exception as error:
+            self.log.exception("Checking %s %s failed unexpectedly", self.id_key, self.watched_id)
+            message = hook.redact(f"unexpected {type(error).__name__}: {error}")
+            return self.event("error", message=message, http_status=None)
+
+    def _timeout_event(self) -> TriggerEvent:
+        return self.event("timeout", message=f"still waiting at the deadline ({self.end_time:.0f})")
 
 
 class TaskStatusTrigger(_PollingTrigger):

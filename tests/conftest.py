@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
@@ -52,6 +53,17 @@ class FakeTaskInstance:
 
     def xcom_pull(self, task_ids: str | None = None, key: str = "return_value") -> Any:
         return self.xcom.get(key)
+
+
+def first_event(trigger: Any) -> dict[str, Any]:
+    """Run a trigger in a fresh event loop, as the triggerer would, and return its first event."""
+
+    async def collect() -> dict[str, Any]:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("the trigger ended without an event")
+
+    return asyncio.run(collect())
 
 
 def task_context(**ti_fields: Any) -> dict[str, Any]:

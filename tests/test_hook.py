@@ -130,8 +130,9 @@ def test_keep_alive_session_is_reused(hook: BrowserUseHook, requests_mock: rm.Mo
 def test_each_call_sends_the_right_request(
     hook: BrowserUseHook, requests_mock: rm.Mocker, call: Any, method: str, path: str, body: Any
 ) -> None:
-    requests_mock.register_uri(method, f"{MOCK_BASE_URL}{path}", json={"id": "answer"})
-    assert call(hook) == {"id": "answer"}
+    answer = {"id": "answer", "sessionId": "its-session"}  # the ids operators index are required
+    requests_mock.register_uri(method, f"{MOCK_BASE_URL}{path}", json=answer)
+    assert call(hook) == answer
     sent = requests_mock.last_request
     assert (sent.method, sent.path) == (method, f"/api/v2{path}".lower())
     assert (sent.json() if body is not None else sent.body) == body

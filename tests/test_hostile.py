@@ -23,6 +23,7 @@ from airflow_provider_browseruse.hooks.browser_use import (
     api_settings,
 )
 from airflow_provider_browseruse.triggers.browser_use import TaskStatusTrigger
+from tests.conftest import first_event
 from tests.hostile import (
     HostileServer,
     Received,
@@ -214,15 +215,6 @@ def test_malformed_answers_are_malformed_on_both_hooks(
 
 
 # --- 4. nothing kills a trigger ----------------------------------------------------------------
-
-
-def first_event(trigger: TaskStatusTrigger) -> dict[str, Any]:
-    async def collect() -> dict[str, Any]:
-        async for event in trigger.run():
-            return event.payload
-        raise AssertionError("no event")
-
-    return asyncio.run(collect())
 
 
 @pytest.mark.parametrize("kind", ["corrupt gzip", "deep JSON", "invalid UTF-8", "not an object"])

@@ -17,7 +17,7 @@ from airflow_provider_browseruse.operators.browser_use import RunTaskOperator, S
 from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor, TaskCompletedSensor
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
 from airflow_provider_browseruse.triggers.browser_use import SessionStatusTrigger, TaskStatusTrigger
-from tests.conftest import FakeTaskInstance, task_context
+from tests.conftest import FakeTaskInstance, first_event, task_context
 
 try:
     from airflow.sdk.exceptions import TaskDeferred
@@ -25,15 +25,6 @@ except ImportError:  # Airflow 3.1
     from airflow.exceptions import TaskDeferred  # type: ignore[no-redef,attr-defined]
 
 UNKNOWN = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
-
-
-def first_event(trigger: Any) -> dict[str, Any]:
-    async def collect() -> dict[str, Any]:
-        async for event in trigger.run():
-            return event.payload
-        raise AssertionError("no event")
-
-    return asyncio.run(collect())
 
 
 def roundtrip(trigger: Any) -> Any:

@@ -336,22 +336,19 @@ class RunTaskOperator(BrowserUseBaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _common.check_string_mapping(metadata, "metadata")
-        _common.check_string_mapping(secrets, "secrets")
-        _common.check_string_list(allowed_domains, "allowed_domains")
         self.task = task
         self.session_id = session_id
         self.llm = llm
         self.start_url = start_url
         self.max_steps = max_steps
         self.structured_output = structured_output
-        self.metadata = dict(metadata) if metadata is not None else None
-        self.secrets = dict(secrets) if secrets is not None else None
-        self.allowed_domains = list(allowed_domains) if allowed_domains is not None else None
+        self.metadata = metadata
+        self.secrets = secrets
+        self.allowed_domains = allowed_domains
         self.judge = judge
         self.judge_ground_truth = judge_ground_truth
         self.judge_llm = judge_llm
-        self.session_settings = dict(session_settings) if session_settings is not None else None
+        self.session_settings = session_settings
         self.extra_fields = dict(extra_fields or {})
         self.success_policy = _wire.success_policy(success_policy)
         self.wait_for_completion = wait_for_completion
@@ -369,6 +366,9 @@ class RunTaskOperator(BrowserUseBaseOperator):
         if not isinstance(self.task, str) or not self.task.strip():
             raise ValueError(f"task must be a non-empty prompt for the agent, got {self.task!r}")
         _common.check_id_if_known(self.session_id, "session_id")
+        _common.check_string_mapping(self.metadata, "metadata")
+        _common.check_string_mapping(self.secrets, "secrets")
+        _common.check_string_list(self.allowed_domains, "allowed_domains")
         _wire.check_seconds(self.poll_interval, "poll_interval")
         _wire.check_seconds(self.timeout, "timeout")
         if self.success_policy is _wire.SuccessPolicy.JUDGE and not self.judge:
@@ -433,11 +433,11 @@ class RunTaskOperator(BrowserUseBaseOperator):
                 "structured_output": json.dumps(schema) if schema is not None else None,
                 "metadata": {**metadata, **tags},
                 "secrets": self._rendered_secrets(context),
-                "allowed_domains": self.allowed_domains,
+                "allowed_domains": list(self.allowed_domains) if self.allowed_domains is not None else None,
                 "judge": self.judge or None,
                 "judge_ground_truth": self.judge_ground_truth,
                 "judge_llm": self.judge_llm,
-                "session_settings": self.session_settings,
+                "session_settings": dict(self.session_settings) if self.session_settings is not None else None,
             },
             self.extra_fields,
         )

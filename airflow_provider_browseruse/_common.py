@@ -131,6 +131,30 @@ def wall_clock_deadline(timeout: float, execution_timeout: timedelta | None, ti:
     return deadline
 
 
+#: Seconds between two "still running" lines in a task's log while it waits.
+PROGRESS_EVERY = 300.0
+
+
+class Progress:
+    """When a long wait should say again that it is still going: every :data:`PROGRESS_EVERY` s."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self._next = self.started + PROGRESS_EVERY
+
+    def due(self) -> bool:
+        """Whether it is time to say so (then not again for another interval)."""
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + PROGRESS_EVERY
+        return True
+
+    def __str__(self) -> str:
+        minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
+        return f"{minutes} min {seconds} s so far" if minutes else f"{seconds} s so far"
+
+
 # --- trigger events ----------------------------------------------------------------------------
 
 TASK_EVENTS = frozenset({"ended", "timeout", "error"})
@@ -168,6 +192,15 @@ def session_event(event: Any, expected_session_id: str) -> dict[str, Any]:
 
 
 # --- publishing what happened ------------------------------------------------------------------
+
+
+def reserve_session_link(ti: Any) -> None:
+    """Push an empty session URL before anything runs.
+
+    Airflow reads every extra link when a try ends, even one that failed before a session
+    existed; a missing XCom there is logged as an error. An empty one is simply no link.
+    """
+    ti.xcom_push(key=SESSION_URL_KEY, value="")
 
 
 def push_session(ti: Any, hook: BrowserUseHook, session_id: str) -> None:

@@ -5,7 +5,8 @@ What is retried: connection failures, timeouts, dropped connections, malformed a
 attempts and in total time. A call that may create something remotely (``POST /sessions``,
 ``POST /tasks``) is resent only when the first attempt certainly created nothing: the
 connection was never made, or the API answered 429 (the concurrency cap: nothing was created).
-Other 4xx answers are final: resending the same request cannot change them.
+Other 4xx answers, redirects and a failed TLS handshake are final: resending the same request
+cannot change them.
 """
 
 from __future__ import annotations

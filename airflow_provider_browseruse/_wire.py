@@ -185,6 +185,24 @@ def session_cost(session_view: Mapping[str, Any]) -> Decimal:
     return sum((to_decimal(task.get("cost")) for task in tasks), to_decimal(session_view.get("proxyCost")))
 
 
+# --- sessions busy with a task ----------------------------------------------------------------
+
+#: Part of the ``detail`` of the 400 the API answers to a task created in a session that is
+#: running another one (nothing was created: waiting and asking again is safe).
+SESSION_BUSY_DETAIL = "already has a running task"
+
+
+def is_session_busy(http_status: int | None, detail: str) -> bool:
+    """Whether an error answer means the session is busy with another task (and will be free later)."""
+    return http_status == 400 and SESSION_BUSY_DETAIL in detail
+
+
+def running_task_id(session_view: Mapping[str, Any]) -> str | None:
+    """The id of the task a session is running, if any."""
+    running = (TaskStatus.CREATED, TaskStatus.STARTED)
+    return next((str(t.get("id")) for t in session_view.get("tasks") or [] if task_status(t) in running), None)
+
+
 # --- error bodies ------------------------------------------------------------------------------
 
 
@@ -253,6 +271,11 @@ def task_failure(view: Mapping[str, Any], policy: SuccessPolicy) -> str | None:
     if view.get("judgement"):
         details.append(f"judgement: {view.get('judgement')}")
     return f"{reason}; " + "; ".join(details)
+
+
+def progress_facts(task_view: Mapping[str, Any]) -> str:
+    """What a running task has done so far, from its full view: steps and cost."""
+    return f"steps so far: {len(task_view.get('steps') or [])}, cost so far: ${to_decimal(task_view.get('cost'))}"
 
 
 def task_without_steps(view: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,10 +8,11 @@ from typing import Any, Literal
 from airflow_provider_browseruse._compat import AirflowException
 
 #: How a call failed. ``http``: the API answered with an error status. ``unreachable``: no
-#: connection could be made, so the request was never sent. ``interrupted``: the request was
-#: sent but no complete answer came back (read timeout, dropped connection). ``malformed``: the
-#: API answered with a body that is not the JSON it should be.
-FailureKind = Literal["http", "unreachable", "interrupted", "malformed"]
+#: connection could be made, so the request was never sent. ``tls``: the TLS handshake failed
+#: (nothing was sent; asking again cannot help). ``interrupted``: the request was sent but no
+#: complete answer came back (read timeout, dropped connection). ``malformed``: the API answered
+#: with a body that is not the JSON it should be.
+FailureKind = Literal["http", "unreachable", "tls", "interrupted", "malformed"]
 
 
 class BrowserUseAPIError(AirflowException):

@@ -173,3 +173,15 @@ def test_deferrable_dag(dagbag: Any, emulator: BrowserUseEmulator) -> None:
     assert emulator.count("POST", "/tasks") == 2
     assert emulator.count("GET", r"/tasks/[^/]+") == 2  # one full fetch per task, after the deferred waits
     assert emulator.active_session_count() == 0
+
+
+def test_fan_out_in_one_session(dagbag: Any, emulator: BrowserUseEmulator) -> None:
+    """dag.test() runs the mapped instances one after another; tests/test_scheduler.py runs them at once."""
+    emulator.state.scenario = Scenario().add("example.com/page", duration=0.2, output="A title")
+    dag_run, states, xcom = run_dag(dagbag, "browser_use_fan_out")
+    assert str(dag_run.state) == "success", states
+    assert xcom[("report", "return_value")] == 6
+    session_id = xcom[("create_session", "return_value")]
+    tasks = emulator.state.get_session(session_id)["tasks"]
+    assert [t["status"] for t in tasks] == ["finished"] * 6
+    assert emulator.active_session_count() == 0

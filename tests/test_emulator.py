@@ -361,6 +361,15 @@ def test_command_line_emulator(tmp_path: Path) -> None:
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == f"Browser Use emulator listening on http://127.0.0.1:{port}/api/v2"
+        process.stdout.readline()
+        export = process.stdout.readline().strip()
+        name, value = export.removeprefix("export ").split("=", 1)
+        assert name == "AIRFLOW_CONN_BROWSER_USE_DEFAULT"
+        assert json.loads(value.strip("'")) == {
+            "conn_type": "browser_use",
+            "host": f"http://127.0.0.1:{port}/api/v2",
+            "password": "cli-key",
+        }
         deadline = time.monotonic() + 10
         while True:
             try:

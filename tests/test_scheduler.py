@@ -25,6 +25,7 @@ pytestmark = pytest.mark.scheduler
 
 DAG_ID = "browser_use_deferrable"
 LOGIN_DAG_ID = "browser_use_login"
+FAN_OUT_DAG_ID = "browser_use_fan_out"
 API_KEY = "bu_scheduler_test_key_1a2b3c4d5e"
 SECRET = "correct-horse-battery-staple-7f3a"
 
@@ -94,7 +95,7 @@ def airflow(tmp_path: Path, browser_use_emulator: BrowserUseEmulator) -> Iterato
     browser_use_emulator.state.api_key = API_KEY
     dags = tmp_path / "dags"
     dags.mkdir()
-    for dag_id in (DAG_ID, LOGIN_DAG_ID):
+    for dag_id in (DAG_ID, LOGIN_DAG_ID, FAN_OUT_DAG_ID):
         (dags / f"{dag_id}.py").write_text((ROOT / "example_dags" / f"{dag_id}.py").read_text())
     port = free_port()
     env = {
@@ -228,3 +229,35 @@ def test_deferrable_dag_survives_a_triggerer_restart_and_a_kill_stops_the_remote
     assert files >= 10  # the search covered task, trigger and component logs
     assert "xcom" in dump and "rendered_task_instance_fields" in dump and "trigger" in dump
     assert leaks == []
+
+
+def test_mapped_tasks_in_one_session_wait_for_it_under_a_real_scheduler(
+    airflow: Airflow, browser_use_emulator: BrowserUseEmulator
+) -> None:
+    """Six mapped instances, one kept-alive session, a scheduler running four at once: the API
+    refuses a second running task in a session, so the instances must take turns, not fail."""
+    emulator = browser_use_emulator
+    emulator.state.scenario = Scenario().add("example.com/page", output="A title", duration=2)
+    parsed = "SELECT count(*) FROM dag WHERE dag_id = ?"
+    airflow.wait_for("the DAG to be parsed", lambda: airflow.query(parsed, FAN_OUT_DAG_ID)[0][0] == 1)
+    airflow.cli("dags", "unpause", FAN_OUT_DAG_ID)
+    airflow.cli("dags", "trigger", FAN_OUT_DAG_ID)
+
+    def run_state() -> str:
+        rows = airflow.query("SELECT state FROM dag_run WHERE dag_id = ?", FAN_OUT_DAG_ID)
+        return rows[0][0] if rows else ""
+
+    airflow.wait_for("the fan-out run to end", lambda: run_state() in ("success", "failed"), timeout=300)
+    states = airflow.query("SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ?", FAN_OUT_DAG_ID)
+    assert run_state() == "success", (states, airflow.logs("scheduler")[-3000:])
+    assert sorted(row[1] for row in states if row[0] == "read_title") == list(range(6))
+    assert {row[2] for row in states} == {"success"}
+    [session] = emulator.state.sessions.values()
+    tasks = emulator.state.get_session(session.id)["tasks"]
+    assert len(tasks) == 6 and {t["status"] for t in tasks} == {"finished"}  # one each: no duplicate
+    assert sorted(int(t.metadata["airflow_map_index"]) for t in emulator.state.tasks.values()) == list(range(6))
+    busy = [r for r in emulator.requests("POST", "/tasks") if r.status == 400]
+    assert busy, "the mapped instances never overlapped: this test proved nothing"
+    task_logs = "".join(p.read_text(errors="replace") for p in (airflow.home / "logs").rglob("*.log"))
+    assert "waiting for it to end before starting this one" in task_logs
+    assert emulator.active_session_count() == 0

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import shutil
+import ssl
 import tempfile
 import threading
 import time
@@ -184,11 +185,19 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def _failure_reason(kind: FailureKind, http_status: int | None, detail: str, reason: str, conn_id: str) -> str:
+def _failure_reason(
+    kind: FailureKind, http_status: int | None, detail: str, reason: str, conn_id: str, where: str
+) -> str:
+    at = f" at {where}" if where else ""
     if kind == "unreachable":
-        return f"could not connect to the API ({reason})"
+        return f"could not connect to the API{at} ({reason}): is the server up, and are the host and port right?"
+    if kind == "tls":
+        return (
+            f"the TLS handshake with the API{at} failed ({reason}); nothing was sent. If that server speaks "
+            "plain http (a local emulator, say), write http:// in the connection's base URL"
+        )
     if kind == "interrupted":
-        return f"no complete answer from the API ({reason})"
+        return f"no complete answer from the API{at} ({reason})"
     if kind == "malformed":
         return f"the API's answer (HTTP {http_status}) is not what it should be: {reason or 'not JSON'}"
     if http_status is not None and 300 <= http_status < 400:
@@ -196,9 +205,20 @@ def _failure_reason(kind: FailureKind, http_status: int | None, detail: str, rea
             f"HTTP {http_status}: the API answered with a redirect, which it never sends; it was not "
             "followed (nothing was sent on). Check the connection's base URL"
         )
+    if http_status == 404 and _is_generic(detail):
+        return (
+            f"HTTP 404: {detail or 'Not Found'}{at}: the server has no such route. Is the path of the "
+            "connection's base URL right (it ends in /api/v2)?"
+        )
     detail = detail or _EMPTY_DETAILS.get(http_status or 0, "")
     meaning = _STATUS_MEANINGS.get(http_status or 0, "{detail}").format(detail=detail, conn_id=conn_id)
     return f"HTTP {http_status}: {meaning}" if meaning else f"HTTP {http_status}"
+
+
+def _is_generic(detail: str) -> bool:
+    """Whether a 404's detail is a web server's or framework's own, not the API's about an object."""
+    text = detail.strip()
+    return text.lower() in ("", "not found", "404 not found") or text.startswith("<")
 
 
 def api_error(
@@ -211,6 +231,7 @@ def api_error(
     retry_after: float | None = None,
     reason: str = "",
     secrets: Iterable[str] = (),
+    where: str = "",
 ) -> BrowserUseAPIError:
     """Build the error for a failed call, in words a DAG author understands.
 
@@ -222,10 +243,11 @@ def api_error(
     :param retry_after: the ``Retry-After`` seconds the API asked for.
     :param reason: why, when no usable HTTP answer arrived.
     :param secrets: values to redact from the message and the detail (see :func:`redact`).
+    :param where: the base URL the call went to, named where it helps find the mistake.
     """
     secrets = tuple(secrets)
     detail = redact(_wire.error_detail(body) if body is not None else reason, secrets)
-    why = _failure_reason(kind, http_status, detail, reason, conn_id)
+    why = _failure_reason(kind, http_status, detail, reason, conn_id, where)
     return BrowserUseAPIError(
         redact(f"Browser Use {call} failed: {why}", secrets),
         call=call,
@@ -248,7 +270,13 @@ def parse_json(body: bytes) -> Any:
 
 
 def read_answer(
-    call: str, conn_id: str, status: int, retry_after: str | None, body: bytes, secrets: Iterable[str] = ()
+    call: str,
+    conn_id: str,
+    status: int,
+    retry_after: str | None,
+    body: bytes,
+    secrets: Iterable[str] = (),
+    where: str = "",
 ) -> Any:
     """Return the JSON of a complete answer (None for 204), or raise the error it stands for."""
     if status >= 300:
@@ -263,6 +291,7 @@ def read_answer(
             body=detail_body,
             retry_after=retry_after_seconds(retry_after),
             secrets=secrets,
+            where=where,
         )
     if status == 204:
         return None
@@ -350,27 +379,37 @@ def exchange_within(
         return response.status_code, response.headers.get("Retry-After")
 
 
-def sync_transport_error(call: str, conn_id: str, error: Exception) -> BrowserUseAPIError | None:
+def sync_transport_error(call: str, conn_id: str, error: Exception, where: str = "") -> BrowserUseAPIError | None:
     """The API error a requests or urllib3 failure stands for, or None for anything else."""
     import requests  # lazy, as in ``BrowserUseHook.http``
     from urllib3.exceptions import DecodeError, HTTPError, NewConnectionError
 
+    kind: FailureKind = "interrupted"  # read timeout, broken body: the request may have arrived
+    reason = type(error).__name__
     if isinstance(error, AnswerOverrun):
-        return api_error(call, conn_id, kind=error.kind, reason=error.reason)
-    if isinstance(error, (requests.exceptions.ContentDecodingError, DecodeError)):
-        return api_error(call, conn_id, kind="malformed", reason="its body could not be decoded")
-    if isinstance(error, requests.ConnectionError):
+        kind, reason = error.kind, error.reason
+    elif isinstance(error, (requests.exceptions.ContentDecodingError, DecodeError)):
+        kind, reason = "malformed", "its body could not be decoded"
+    elif isinstance(error, requests.exceptions.SSLError):
+        kind = "tls"
+    elif isinstance(error, requests.ConnectionError):
         # A refused or timed-out connect never sent the request; anything else may have.
-        reason = error.args[0] if error.args else None
-        never_sent = isinstance(error, requests.ConnectTimeout) or isinstance(
-            getattr(reason, "reason", None), NewConnectionError
-        )
-        return api_error(
-            call, conn_id, kind="unreachable" if never_sent else "interrupted", reason=type(error).__name__
-        )
-    if isinstance(error, (requests.RequestException, HTTPError, OSError)):  # read timeout, broken body
-        return api_error(call, conn_id, kind="interrupted", reason=type(error).__name__)
-    return None
+        cause = error.args[0] if error.args else None
+        if isinstance(error, requests.ConnectTimeout) or isinstance(getattr(cause, "reason", None), NewConnectionError):
+            kind = "unreachable"
+    elif not isinstance(error, (requests.RequestException, HTTPError, OSError)):
+        return None
+    return api_error(call, conn_id, kind=kind, reason=reason, where=where)
+
+
+def _caused_by_tls(error: BaseException) -> bool:
+    """Whether an httpx connect error is a failed TLS handshake (an ``ssl.SSLError`` below it)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # --- the sync hook -----------------------------------------------------------------------------
@@ -491,11 +530,13 @@ class BrowserUseHook(BaseHook):
                 body.extend,
             )
         except Exception as error:
-            mapped = sync_transport_error(call, self.browser_use_conn_id, error)
+            mapped = sync_transport_error(call, self.browser_use_conn_id, error, self.settings.base_url)
             if mapped is None:
                 raise
             raise mapped from error
-        return read_answer(call, self.browser_use_conn_id, status, retry_after, bytes(body), secrets)
+        return read_answer(
+            call, self.browser_use_conn_id, status, retry_after, bytes(body), secrets, self.settings.base_url
+        )
 
     def _call_for_dict(
         self, call: str, method: str, path: str, *, required: tuple[str, ...] = (), **kwargs: Any
@@ -547,7 +588,10 @@ class BrowserUseHook(BaseHook):
         except Exception as error:
             return False, str(error)
         plan = (account.get("planInfo") or {}).get("planName", "unknown plan")
-        return True, f"Connected to Browser Use: project {account.get('projectId')}, {plan}."
+        message = f"Connected to Browser Use: project {account.get('projectId')}, {plan}."
+        # `airflow connections test` prints only "Connection success!" and shows no hook log: say it here.
+        print(message)
+        return True, message
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -878,7 +922,7 @@ class BrowserUseAsyncHook:
 
     async def _send_once(self, call: str, method: str, path: str, json: Any) -> Any:
         settings = await self.settings()
-        conn_id = self.browser_use_conn_id
+        conn_id, where = self.browser_use_conn_id, settings.base_url
         pool = shared_pool()
         client = await pool.take()
         try:
@@ -887,19 +931,21 @@ class BrowserUseAsyncHook:
             )
         except asyncio.TimeoutError:
             raise api_error(
-                call, conn_id, kind="interrupted", reason=f"no complete answer within {self.timeout:g} s"
+                call, conn_id, kind="interrupted", reason=f"no complete answer within {self.timeout:g} s", where=where
             ) from None
         except AnswerOverrun as error:
-            raise api_error(call, conn_id, kind=error.kind, reason=error.reason) from None
+            raise api_error(call, conn_id, kind=error.kind, reason=error.reason, where=where) from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:  # never sent
-            raise api_error(call, conn_id, kind="unreachable", reason=type(error).__name__) from error
+            kind: FailureKind = "tls" if _caused_by_tls(error) else "unreachable"
+            raise api_error(call, conn_id, kind=kind, reason=type(error).__name__, where=where) from error
         except httpx.DecodingError as error:  # a body that claims an encoding it does not have
-            raise api_error(call, conn_id, kind="malformed", reason="its body could not be decoded") from error
+            reason = "its body could not be decoded"
+            raise api_error(call, conn_id, kind="malformed", reason=reason, where=where) from error
         except httpx.TransportError as error:  # read timeout, dropped connection, broken answer
-            raise api_error(call, conn_id, kind="interrupted", reason=type(error).__name__) from error
+            raise api_error(call, conn_id, kind="interrupted", reason=type(error).__name__, where=where) from error
         finally:
             pool.give_back(client)
-        return read_answer(call, conn_id, status, retry_after, body, (settings.api_key,))
+        return read_answer(call, conn_id, status, retry_after, body, (settings.api_key,), where)
 
     async def _exchange(
         self, client: httpx.AsyncClient, method: str, url: str, json: Any, api_key: str
@@ -936,6 +982,16 @@ class BrowserUseAsyncHook:
         return await self._call(
             f"stop_session({session_id})", "PATCH", _wire.session_path(session_id), json=_wire.STOP_SESSION_BODY
         )
+
+    async def get_task(self, browser_use_task_id: str) -> dict[str, Any]:
+        """Return the full task (TaskView); as :meth:`BrowserUseHook.get_task`.
+
+        :param browser_use_task_id: the task's id (a UUID).
+        :raises ValueError: the id is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown task.
+        """
+        task_id = _wire.require_uuid(browser_use_task_id, "browser_use_task_id")
+        return await self._call(f"get_task({task_id})", "GET", _wire.task_path(task_id))
 
     async def get_task_status(self, browser_use_task_id: str) -> dict[str, Any]:
         """Return the light task status (TaskStatusView); as :meth:`BrowserUseHook.get_task_status`.

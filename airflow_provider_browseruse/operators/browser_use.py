@@ -43,6 +43,10 @@ class BrowserUseBaseOperator(BaseOperator):
     def hook(self) -> BrowserUseHook:
         return BrowserUseHook(self.browser_use_conn_id)
 
+    def pre_execute(self, context: Context) -> None:
+        _common.reserve_session_link(context["ti"])
+        super().pre_execute(context)
+
 
 class StopSessionOperator(BrowserUseBaseOperator):
     """Stop a Browser Use session (a cloud browser) and hand on what its tasks produced.
@@ -451,9 +455,10 @@ class RunTaskOperator(BrowserUseBaseOperator):
         body = self._request(context, tags)
         run_started = getattr(context.get("dag_run"), "start_date", None)
         started = self._start(body, tags, run_started.timestamp() if run_started else None)
-        task_id = str(started["id"])
+        task_id, session_id = str(started["id"]), str(started["sessionId"])
         context["ti"].xcom_push(key=_common.BROWSER_USE_TASK_ID_KEY, value=task_id)
-        _common.push_session(context["ti"], self.hook, str(started["sessionId"]))
+        _common.push_session(context["ti"], self.hook, session_id)
+        self.log.info("Follow task %s in its session's page: %s", task_id, self.hook.session_ui_url(session_id))
         if not self.wait_for_completion:
             return task_id
         self._waited_task_id = task_id
@@ -527,21 +532,57 @@ class RunTaskOperator(BrowserUseBaseOperator):
             earlier = self._earlier_task(tags, since)
             if earlier is not None:
                 return earlier
+        created = self._create_when_session_free(body)
+        self.log.info("Started Browser Use task %s in session %s.", created["id"], created["sessionId"])
+        return created
+
+    def _create_when_session_free(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create the task; while its session runs another task (a sibling mapped task, say), wait.
+
+        The API refuses a second running task in one session, and creates nothing then, so
+        asking again once the session is free can never start a duplicate. Bounded by ``timeout``.
+        """
+        deadline = time.monotonic() + self.timeout
+        progress: _common.Progress | None = None
+        while True:
+            try:
+                return self._create(body)
+            except BrowserUseAPIError as error:
+                if not _wire.is_session_busy(error.http_status, error.detail):
+                    if error.http_status in (400, 404, 422):
+                        raise AirflowFailException(str(error)) from error
+                    raise
+                session_id = body["sessionId"]
+                if time.monotonic() >= deadline:
+                    raise AirflowException(
+                        f"Session {session_id} was still running another task after {self.timeout} s; "
+                        "this task was not started."
+                    ) from error
+                if progress is None:
+                    progress = _common.Progress()
+                    running = _wire.running_task_id(self.hook.get_session(session_id)) or "(another)"
+                    self.log.info(
+                        "Session %s is running task %s; waiting for it to end before starting this one.",
+                        session_id,
+                        running,
+                    )
+                elif progress.due():
+                    self.log.info("Still waiting for session %s to be free (%s).", session_id, progress)
+            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+
+    def _create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create the task once; after an ambiguous failure, find it by its tags instead of resending."""
         asked_at = time.time()
         try:
-            created = self.hook.create_task(body)
+            return self.hook.create_task(body)
         except BrowserUseAPIError as error:
             if not may_have_taken_effect(error):
-                if error.http_status in (400, 404, 422):
-                    raise AirflowFailException(str(error)) from error
                 raise
             self.log.warning("Creating the task may or may not have worked (%s); looking for it.", error)
             found = look_again(lambda: self._tagged_task(body["metadata"], asked_at))
             if found is None:
                 raise AirflowException(f"{error}. No task it may have created was found.") from error
-            created = found
-        self.log.info("Started Browser Use task %s in session %s.", created["id"], created["sessionId"])
-        return created
+            return found
 
     def _tagged_task(self, tags: Mapping[str, str], since: float | None) -> dict[str, Any] | None:
         """The newest task created after ``since`` (give or take the clocks) carrying ``tags``."""
@@ -562,21 +603,29 @@ class RunTaskOperator(BrowserUseBaseOperator):
         return task
 
     def _wait(self, task_id: str) -> None:
+        """Poll until the task ends; log each status once and, every few minutes, its progress."""
         deadline = time.monotonic() + self.timeout
+        progress, last_status = _common.Progress(), None
         while True:
             time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
             view = self.hook.get_task_status(task_id)
             status = _wire.task_status(view)
             if status in _wire.TASK_TERMINAL_STATUSES:
                 return
-            if status is None:
-                self.log.warning("Task %s has a status this provider does not know: %r", task_id, view.get("status"))
+            if view.get("status") != last_status:
+                last_status = view.get("status")
+                if status is None:
+                    self.log.warning("Task %s has a status this provider does not know: %r", task_id, last_status)
+                else:
+                    self.log.info("Task %s is %s.", task_id, last_status)
+            elif progress.due():
+                facts = _wire.progress_facts(self.hook.get_task(task_id))
+                self.log.info("Task %s is still %s (%s; %s).", task_id, last_status, progress, facts)
             if time.monotonic() >= deadline:
                 self._stop_remote_work(f"it did not end within timeout={self.timeout} s")
                 raise AirflowException(
                     f"Browser Use task {task_id} did not end within {self.timeout} s; it was stopped."
                 )
-            self.log.info("Task %s is %s.", task_id, view.get("status"))
 
     def _stop_remote_work(self, why: str) -> None:
         """Stop the task being waited for (and a one-off session this operator started); never raises."""

@@ -49,6 +49,10 @@ class BrowserUseBaseSensor(BaseSensorOperator):
     def hook(self) -> BrowserUseHook:
         return BrowserUseHook(self.browser_use_conn_id)
 
+    def pre_execute(self, context: Context) -> None:
+        _common.reserve_session_link(context["ti"])
+        super().pre_execute(context)
+
     @cached_property
     def watched_id(self) -> str:
         """The rendered id of what this sensor watches, checked once (a bad one fails without retries)."""

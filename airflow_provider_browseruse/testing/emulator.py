@@ -827,7 +827,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     config = emulator._config()
     config.host, config.port = args.host, args.port
-    print(f"Browser Use emulator listening on {emulator.base_url}", flush=True)
+    print(f"Browser Use emulator listening on {emulator.base_url}")
+    print("Point Airflow at it (in the shell that runs Airflow):")
+    print(f"export AIRFLOW_CONN_BROWSER_USE_DEFAULT='{emulator.airflow_connection()}'", flush=True)
     uvicorn.Server(config).run()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_browseruse import _wire
+from airflow_provider_browseruse import _common, _wire
 from airflow_provider_browseruse.exceptions import BrowserUseAPIError
 from airflow_provider_browseruse.hooks.browser_use import BrowserUseAsyncHook
 
@@ -116,6 +116,8 @@ class TaskStatusTrigger(_PollingTrigger):
         )
         self.stop_on_give_up = stop_on_give_up
         self.owns_session = owns_session
+        self._last_status: str | None = None
+        self._progress = _common.Progress()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -128,10 +130,17 @@ class TaskStatusTrigger(_PollingTrigger):
         status = _wire.task_status(view)
         if status in _wire.TASK_TERMINAL_STATUSES:
             return self.event("ended", task_status=view["status"])
-        if status is None:
-            self.log.warning(
-                "Task %s has a status this provider does not know: %r", self.watched_id, view.get("status")
-            )
+        if view.get("status") != self._last_status:
+            self._last_status = view.get("status")
+            if status is None:
+                self.log.warning(
+                    "Task %s has a status this provider does not know: %r", self.watched_id, view["status"]
+                )
+            else:
+                self.log.info("Task %s is %s.", self.watched_id, self._last_status)
+        elif self._progress.due():
+            facts = _wire.progress_facts(await hook.get_task(self.watched_id))
+            self.log.info("Task %s is still %s (%s; %s).", self.watched_id, self._last_status, self._progress, facts)
         return None
 
     async def on_kill(self) -> None:

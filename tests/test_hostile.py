@@ -287,3 +287,22 @@ def test_an_echoed_key_never_reaches_a_trigger_event(
     event = first_event(TaskStatusTrigger(TID, browser_use_conn_id="hostile", end_time=time.time() + 30))
     assert event["event"] == "error" and event["http_status"] == 401
     assert KEY not in json.dumps(event)
+
+
+def test_the_watchdog_runs_in_a_forked_child_too() -> None:
+    """Airflow forks task processes: a deadline set in the child must still fire there."""
+    import os
+    import threading
+
+    from airflow_provider_browseruse.hooks.browser_use import _watchdog
+
+    parent = threading.Event()
+    _watchdog.schedule(0.01, parent.set)  # the parent's watchdog thread now exists
+    assert parent.wait(5)
+    child = os.fork()
+    if child == 0:  # pragma: no cover (runs in the child)
+        fired = threading.Event()
+        _watchdog.schedule(0.05, fired.set)
+        os._exit(0 if fired.wait(5) else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

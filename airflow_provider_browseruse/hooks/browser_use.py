@@ -9,9 +9,12 @@ same :class:`~airflow_provider_browseruse._retry.RetryPolicy`.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import ipaddress
+import itertools
 import json
 import logging
+import os
 import shutil
 import ssl
 import tempfile
@@ -324,11 +327,64 @@ class AnswerOverrun(Exception):
         self.reason = reason
 
 
+class Watchdog:
+    """One daemon thread that runs actions at their deadlines, for every sync call of the process.
+
+    A ``threading.Timer`` per call would cost a thread start (about 0.3 ms, a third of a call to
+    a nearby server); scheduling here costs a heap push. Restarted in a forked child, where the
+    parent's thread does not exist.
+    """
+
+    def __init__(self) -> None:
+        self._wakeup = threading.Condition()
+        self._due: list[tuple[float, int, Callable[[], Any]]] = []
+        self._cancelled: set[int] = set()
+        self._tokens = itertools.count()
+        self._pid = 0
+
+    def schedule(self, seconds: float, action: Callable[[], Any]) -> int:
+        """Run ``action`` in ``seconds`` unless cancelled; returns the token for :meth:`cancel`."""
+        with self._wakeup:
+            if self._pid != os.getpid():
+                self._due, self._cancelled, self._pid = [], set(), os.getpid()
+                threading.Thread(target=self._run, name="browser-use-watchdog", daemon=True).start()
+            token = next(self._tokens)
+            deadline = time.monotonic() + seconds
+            if not self._due or deadline < self._due[0][0]:
+                self._wakeup.notify()
+            heapq.heappush(self._due, (deadline, token, action))
+            return token
+
+    def cancel(self, token: int) -> None:
+        with self._wakeup:
+            self._cancelled.add(token)
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while True:
+                    if self._due and self._due[0][1] in self._cancelled:
+                        self._cancelled.discard(heapq.heappop(self._due)[1])
+                        continue
+                    wait = self._due[0][0] - time.monotonic() if self._due else None
+                    if wait is not None and wait <= 0:
+                        break
+                    self._wakeup.wait(wait)
+                _, _, action = heapq.heappop(self._due)
+            try:
+                action()
+            except Exception:  # a connection already closed, say: nothing left to cut
+                logging.getLogger(__name__).debug("watchdog action failed", exc_info=True)
+
+
+_watchdog = Watchdog()
+
+
 def read_within(raw: Any, seconds: float, limit: int, sink: Callable[[bytes], Any]) -> int:
     """Pass a urllib3 response's decoded body to ``sink`` within ``seconds`` and ``limit`` bytes.
 
-    A watchdog shuts the socket down at the deadline, so a body that drips a byte at a time (each
-    read well within the per-read timeout) still ends on time.
+    The watchdog shuts the socket down at the deadline, so a body that drips a byte at a time
+    (each read well within the per-read timeout) still ends on time.
 
     :return: the number of bytes read.
     :raises AnswerOverrun: too slow, or too large.
@@ -341,9 +397,7 @@ def read_within(raw: Any, seconds: float, limit: int, sink: Callable[[bytes], An
         late.set()
         raw.shutdown()
 
-    watchdog = threading.Timer(seconds, cut)
-    watchdog.daemon = True
-    watchdog.start()
+    token = _watchdog.schedule(seconds, cut)
     size = 0
     try:
         while chunk := raw.read1(1 << 16, decode_content=True):
@@ -358,7 +412,7 @@ def read_within(raw: Any, seconds: float, limit: int, sink: Callable[[bytes], An
             raise AnswerOverrun("interrupted", f"no complete answer within {seconds:.0f} s") from None
         raise
     finally:
-        watchdog.cancel()
+        _watchdog.cancel(token)
     if late.is_set():
         raise AnswerOverrun("interrupted", f"no complete answer within {seconds:.0f} s")
     return size

@@ -252,12 +252,9 @@ def test_fault_matrix(
     created = Counter(
         ("task" if r.path == "/tasks" else "session") for r in emulator.requests("POST", "/(tasks|sessions)")
     )
-    if call in ("create task", "task status", "get task", "list tasks"):
-        duplicates = max(0, len(emulator.state.tasks) - 1)
-    elif call == "create session":
-        duplicates = max(0, len(emulator.state.sessions) - 1)
-    else:
-        duplicates = 0
+    # Every flow makes exactly one task (none for create session) and one session, itself or in its set-up.
+    tasks_expected = 0 if call == "create session" else 1
+    duplicates = max(0, len(emulator.state.tasks) - tasks_expected) + max(0, len(emulator.state.sessions) - 1)
     wait_for_idle(emulator)
     leaked = emulator.active_session_count()
     RESULTS.append(
@@ -279,12 +276,36 @@ def test_fault_matrix(
         assert attempts <= (hooks.MAX_LIST_PAGES if fault in LISTING_ONLY else 4)  # bounded: no retry storm
     if fault in FINAL:
         assert attempts == 1  # a final answer is not retried
+    if outcome == "recovered":
+        check_attempts(call, fault, attempts, emulator.requests(method, path)[before:])
     assert RESULTS[-1]["other_host"] == 0  # a redirect is never followed
     assert RESULTS[-1]["outlived"] == 0, attempt_durations  # every attempt ends within its bound
     assert duplicates == 0, created
     # Only when the stop call itself gets a final refusal (a bad key, say) does the browser stay up:
     # the operator then fails with the API's reason, and nothing else could stop it either.
     assert leaked == (1 if call.startswith("stop") and fault in FINAL else 0)
+
+
+#: Calls an operator repeats anyway while it waits (a sensor's poke, the status poll).
+POLLED = {"task status", "get session"}
+#: Faults after which a create may have taken effect: it is reconciled, never resent.
+AMBIGUOUS = {"dropped", "read timeout", "malformed JSON", "corrupt gzip", "deep JSON", "drip body", "oversized body"}
+
+
+def check_attempts(call: str, fault: str, attempts: int, seen: list[Any]) -> None:
+    """A recovered case made exactly the attempts its fault allows, and waited as told."""
+    if fault == "refused":
+        expected = 1  # the refusal happened in the client: the server saw only the retry
+    elif call.startswith("create") and fault in AMBIGUOUS:
+        expected = 1  # never resent: the operator found what the first attempt created
+    else:
+        expected = 2  # the faulty answer, then one retry that worked
+    if call in POLLED:
+        assert attempts >= expected, (call, fault, attempts)
+    else:
+        assert attempts == expected, (call, fault, attempts)
+    if fault == "429 + Retry-After":  # the emulator asked for 1 s: the retry came no sooner
+        assert seen[1].time - seen[0].time >= 0.95, [r.time for r in seen]
 
 
 def wait_for_idle(emulator: BrowserUseEmulator) -> None:
@@ -318,3 +339,9 @@ def test_print_the_matrix(capsys: pytest.CaptureFixture[str]) -> None:
         print("\n" + "\n".join(lines))
     cases = sum(1 for call in CALLS for fault in FAULTS if fault not in LISTING_ONLY or call == "list tasks")
     assert len(RESULTS) == cases * 2
+    assert sum(r["duplicates"] for r in RESULTS) == 0
+    assert sum(r["other_host"] for r in RESULTS) == 0
+    assert sum(r["outlived"] for r in RESULTS) == 0
+    # Only a final refusal of the stop call itself leaves a session up: 2 stop calls x 4 faults x 2 modes.
+    assert sum(r["leaked"] for r in RESULTS) == 2 * len(FINAL) * 2
+    assert totals["failed cleanly"] == sum(expected(r["call"], r["fault"]) == "failed cleanly" for r in RESULTS)

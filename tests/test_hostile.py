@@ -306,3 +306,12 @@ def test_the_watchdog_runs_in_a_forked_child_too() -> None:
         os._exit(0 if fired.wait(5) else 1)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_bounded_reads_keep_the_connection_alive(emulator: Any) -> None:
+    """Reading each answer through the bounded reader must not cost a new TCP connection per call."""
+    hook = BrowserUseHook()
+    session_id = hook.create_session({"keepAlive": True})["id"]
+    for _ in range(5):
+        hook.get_session(session_id)
+    assert len({r.client_port for r in emulator.requests()}) == 1

@@ -297,7 +297,7 @@ def test_run_task_on_kill_stops_the_remote_task(emulator: BrowserUseEmulator) ->
         except BaseException as error:
             errors.append(error)
 
-    worker = threading.Thread(target=execute)
+    worker = threading.Thread(target=execute, daemon=True)  # a failing test must not hold pytest open
     worker.start()
     deadline = time.monotonic() + 5
     while "browser_use_task_id" not in ctx["ti"].xcom:

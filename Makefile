@@ -2,6 +2,7 @@
 # make demo: the example scraping DAG end to end against the local emulator (or the real API
 #            when BROWSER_USE_API_KEY is set). Both set up their own virtual environments.
 # make bench: what the provider costs, beside its baselines (benchmarks/run.py).
+# make mutate: break each promise of the README in turn; a test must notice (scripts/mutate.py).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ FLOOR_PINS ?= "structlog==25.4.0" "universal-pathlib==0.2.6"
 BIN := $(VENV)/bin
 FLOOR_BIN := $(FLOOR_VENV)/bin
 
-.PHONY: test lint pytest test-floor demo bench clean
+.PHONY: test lint pytest test-floor demo bench mutate clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,10 @@ test-floor: $(FLOOR_BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/python scripts/demo.py
+
+# One promise of the README broken at a time; fails if a test does not notice (scripts/mutate.py).
+mutate: $(BIN)/.installed
+	$(BIN)/python scripts/mutate.py
 
 # Benchmarks print a table and write bench-results.json; they assert nothing about time.
 bench: $(BIN)/.installed

@@ -315,3 +315,29 @@ def test_bounded_reads_keep_the_connection_alive(emulator: Any) -> None:
     for _ in range(5):
         hook.get_session(session_id)
     assert len({r.client_port for r in emulator.requests()}) == 1
+
+
+def chunked(body: bytes, size: int = 7000) -> list[Step]:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    return [head, *(b"%x\r\n" % len(part) + part + b"\r\n" for part in parts), b"0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("encoding", ["chunked", "gzip"])
+@pytest.mark.parametrize("mode", MODES)
+def test_well_formed_chunked_and_gzip_answers_are_read_whole(
+    serve: Callable[..., HostileServer], mode: str, encoding: str
+) -> None:
+    """The bounded reader must not trip over what real servers send: chunks, compression."""
+    import gzip
+
+    body = json.dumps({"id": SID, "status": "active", "pad": "x" * 100_000}).encode()
+    if encoding == "chunked":
+        serve(lambda r: chunked(body))
+    else:
+        serve(
+            lambda r: [
+                answer(200, gzip.compress(body), {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+            ]
+        )
+    assert get_session(mode) == json.loads(body)

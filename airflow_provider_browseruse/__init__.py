@@ -38,6 +38,9 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         ],
+        "task-decorators": [
+            {"name": "browser_use", "class-name": "airflow_provider_browseruse.decorators.browser_use.browser_use_task"}
+        ],
         "extra-links": ["airflow_provider_browseruse.links.browser_use.BrowserUseSessionLink"],
         "hook-class-names": ["airflow_provider_browseruse.hooks.browser_use.BrowserUseHook"],
     }

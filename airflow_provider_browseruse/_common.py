@@ -39,6 +39,23 @@ OUTPUT_FILES_KEY = "output_files"
 SESSION_URL_KEY = "browser_use_session_url"
 
 
+# --- the label of a mapped task instance in the UI ---------------------------------------------
+
+#: Context key the operators fill with a short label (the start URL or the prompt).
+MAP_INDEX_LABEL_KEY = "browser_use_label"
+#: Default ``map_index_template``: the label, or nothing (then the UI shows the index) until set.
+MAP_INDEX_TEMPLATE = "{{ " + MAP_INDEX_LABEL_KEY + " | default('') }}"
+MAP_INDEX_LABEL_CHARS = 80
+
+
+def label_map_index(context: Any, text: str) -> None:
+    """Give ``MAP_INDEX_TEMPLATE`` ``text`` on one line, cut to ``MAP_INDEX_LABEL_CHARS``."""
+    label = " ".join(text.split())
+    if len(label) > MAP_INDEX_LABEL_CHARS:
+        label = label[: MAP_INDEX_LABEL_CHARS - 1] + "…"
+    context[MAP_INDEX_LABEL_KEY] = label
+
+
 # --- parameters --------------------------------------------------------------------------------
 
 

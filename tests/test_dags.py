@@ -7,22 +7,13 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_browseruse import testing
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.dag
 
 BOOKS = {"books": [{"title": "Sapiens", "price_gbp": 54.23}, {"title": "Dune", "price_gbp": 12.5}]}
-
-
-def serialize(bag: Any) -> None:
-    """dag.test() runs only DAGs serialized to the metadata db."""
-    try:  # Airflow 3.2+
-        from airflow.dag_processing.dagbag import sync_bag_to_db
-    except ImportError:  # Airflow 3.1
-        from airflow.models.dagbag import sync_bag_to_db  # type: ignore[no-redef]
-
-    sync_bag_to_db(bag, "dags-folder", None)
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +26,31 @@ def dagbag() -> Iterator[Any]:
     DagBundlesManager().sync_bundles_to_db()
     bag = DagBag(dag_folder=str(ROOT / "example_dags"))
     assert bag.import_errors == {}
-    serialize(bag)
     yield bag
 
 
 def run_dag(
     dagbag: Any, dag_id: str, conf: dict[str, Any] | None = None
 ) -> tuple[Any, dict[str, str], dict[tuple[str, str], Any]]:
-    from airflow.models.xcom import XComModel
+    """Run an example DAG with the plugin's helper; XComs of unmapped tasks by (task_id, key)."""
+    result = testing.run_dag(dagbag.get_dag(dag_id), conf=conf)
+    xcom = {(task_id, key): value for (task_id, index, key), value in result.xcoms.items() if index == -1}
+    return result.dag_run, result.task_states, xcom
+
+
+def rendered_map_indexes(dag_run: Any, task_id: str) -> list[str | None]:
+    """The labels the UI shows for a mapped task's instances, by map index, read afresh."""
+    from airflow.models import TaskInstance
     from airflow.utils.session import create_session
 
-    dag_run = dagbag.get_dag(dag_id).test(run_conf=conf)
-    states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     with create_session() as session:
-        rows = session.query(XComModel).filter(XComModel.run_id == dag_run.run_id, XComModel.dag_id == dag_id).all()
-        xcom = {(row.task_id, row.key): XComModel.deserialize_value(row) for row in rows}
-    return dag_run, states, xcom
+        rows = (
+            session.query(TaskInstance.map_index, TaskInstance._rendered_map_index)
+            .filter(TaskInstance.run_id == dag_run.run_id, TaskInstance.task_id == task_id)
+            .order_by(TaskInstance.map_index)
+            .all()
+        )
+    return [label for _, label in rows]
 
 
 def test_scrape_pipeline(dagbag: Any, emulator: BrowserUseEmulator) -> None:
@@ -145,13 +145,11 @@ def test_run_task_paths_as_dag_runs(
     emulator.state.scenario = Scenario().add("agent job", **{"duration": 0.2, **script})
     with DAG(dag_id="run_task_path", schedule=None, default_args={"retries": 0}) as dag:
         RunTaskOperator(task_id="run", task="an agent job", poll_interval=0.1, **kwargs)
-    dagbag.bag_dag(dag)
-    serialize(dagbag)
-    dag_run, states, xcom = run_dag(dagbag, "run_task_path")
-    assert str(dag_run.state) == ("success" if expected_state == "success" else "failed")
-    assert states == {"run": expected_state}
-    assert xcom.get(("run", "return_value")) == expected_output
-    task_id = xcom[("run", "browser_use_task_id")]
+    result = testing.run_dag(dag)  # a DAG built in the test: run_dag serializes it first
+    assert result.state == ("success" if expected_state == "success" else "failed")
+    assert result.task_states == {"run": expected_state}
+    assert result.xcoms.get(("run", -1, "return_value")) == expected_output
+    task_id = result.xcom("run", "browser_use_task_id")
     final = emulator.state.get_task(task_id)["status"]
     assert final == ("stopped" if "timeout" in kwargs else script.get("status", "finished"))
     assert emulator.count("POST", "/tasks") == 1
@@ -184,4 +182,71 @@ def test_fan_out_in_one_session(dagbag: Any, emulator: BrowserUseEmulator) -> No
     session_id = xcom[("create_session", "return_value")]
     tasks = emulator.state.get_session(session_id)["tasks"]
     assert [t["status"] for t in tasks] == ["finished"] * 6
+    labels = rendered_map_indexes(dag_run, "read_title")
+    assert labels == [f"Open https://example.com/page/{n} and return the page title." for n in range(1, 7)]
     assert emulator.active_session_count() == 0
+
+
+def test_taskflow_decorator_maps_over_urls_into_a_summary(dagbag: Any, emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = (
+        Scenario()
+        .add("travel_2", output_json={"category": "Travel", "books": 11, "cheapest_gbp": 23.21}, duration=0.2)
+        .add("mystery_3", output_json={"category": "Mystery", "books": 32, "cheapest_gbp": 9.5}, duration=0.2)
+        .add("poetry_23", output_json={"category": "Poetry", "books": 19, "cheapest_gbp": 14.0}, duration=0.2)
+    )
+    dag_run, states, xcom = run_dag(dagbag, "browser_use_taskflow")
+    assert str(dag_run.state) == "success", states
+    assert states == {
+        "read_shelf[0]": "success",
+        "read_shelf[1]": "success",
+        "read_shelf[2]": "success",
+        "summary": "success",
+    }
+    # Each mapped instance is labelled by its prompt in the UI, cut to 80 characters.
+    labels = rendered_map_indexes(dag_run, "read_shelf")
+    assert labels[0].startswith("Open https://books.toscrape.com/catalogue/category/books/travel_2/")
+    assert all(len(label) == 80 and label.endswith("…") for label in labels), labels
+    assert xcom[("summary", "return_value")] == {"books": 62, "cheapest_category": "Mystery"}
+    prompts = sorted(task.prompt for task in emulator.state.tasks.values())
+    assert [prompt.split("/")[6] for prompt in prompts] == ["mystery_3", "poetry_23", "travel_2"]
+    assert emulator.active_session_count() == 0
+
+
+# --- run_dag's own rules -----------------------------------------------------------------------
+
+
+def test_run_dag_refuses_what_is_not_a_dag(tmp_path: Any) -> None:
+    with pytest.raises(
+        ValueError, match=r"dag must be a DAG object or the path of a DAG file; .*missing.py is not a file"
+    ):
+        testing.run_dag(tmp_path / "missing.py")
+    with pytest.raises(ValueError, match="dag must be a DAG object or the path of a DAG file, got 42"):
+        testing.run_dag(42)
+    broken = tmp_path / "broken.py"
+    broken.write_text("from airflow.sdk import DAG\nDAG(dag_id='x', schedule=None\n")
+    with pytest.raises(ValueError, match=r"(?s)broken.py does not import:\n.*SyntaxError: '\(' was never closed"):
+        testing.run_dag(broken)
+
+
+def test_run_dag_asks_which_dag_of_a_file_with_several(tmp_path: Any) -> None:
+    two = tmp_path / "two.py"
+    two.write_text(
+        "from airflow.sdk import DAG\na = DAG(dag_id='first', schedule=None)\nb = DAG(dag_id='second', schedule=None)\n"
+    )
+    with pytest.raises(ValueError, match="give dag_id, one of: first, second"):
+        testing.run_dag(two)
+    with pytest.raises(ValueError, match="dag_id='third' is not among: first, second"):
+        testing.run_dag(two, dag_id="third")
+
+
+def test_dag_run_result_reads_xcoms_of_plain_and_mapped_tasks() -> None:
+    xcoms = {("plain", -1, "return_value"): 1, ("mapped", 1, "return_value"): "b", ("mapped", 0, "return_value"): "a"}
+    xcoms[("plain", -1, "session_id")] = "s"
+    result = testing.DagRunResult(state="success", task_states={}, xcoms=xcoms, dag_run=None)
+    assert result.xcom("plain") == 1
+    assert result.xcom("mapped") == ["a", "b"]
+    assert result.xcom("mapped", map_index=1) == "b"
+    with pytest.raises(KeyError, match="plain pushed no XCom 'output_files' \\(it pushed: return_value, session_id\\)"):
+        result.xcom("plain", "output_files")
+    with pytest.raises(KeyError, match="ghost pushed no XCom 'return_value' \\(it pushed: nothing\\)"):
+        result.xcom("ghost")

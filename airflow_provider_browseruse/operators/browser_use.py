@@ -365,10 +365,15 @@ class RunTaskOperator(BrowserUseBaseOperator):
         #: The remote task this operator waits for, to stop if it gives up; None when there is none.
         self._waited_task_id: str | None = None
 
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """As ``BaseOperator.partial``; each mapped instance is labelled by its start URL or prompt."""
+        kwargs.setdefault("map_index_template", _common.MAP_INDEX_TEMPLATE)
+        return super().partial(**kwargs)
+
     def _check_parameters(self) -> None:
         """Refuse at DAG parsing what can be known wrong then, naming the parameter."""
-        if not isinstance(self.task, str) or not self.task.strip():
-            raise ValueError(f"task must be a non-empty prompt for the agent, got {self.task!r}")
+        self._check_prompt()
         _common.check_id_if_known(self.session_id, "session_id")
         _common.check_string_mapping(self.metadata, "metadata")
         _common.check_string_mapping(self.secrets, "secrets")
@@ -393,6 +398,10 @@ class RunTaskOperator(BrowserUseBaseOperator):
         schema = _common.schema_of(self.structured_output)
         if schema is not None and not isinstance(self.structured_output, type):
             _wire.check_json_schema(schema, "structured_output")
+
+    def _check_prompt(self) -> None:
+        if not isinstance(self.task, str) or not self.task.strip():
+            raise ValueError(f"task must be a non-empty prompt for the agent, got {self.task!r}")
 
     @property
     def _owns_session(self) -> bool:
@@ -451,6 +460,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
     def execute(self, context: Context) -> Any:
         if not isinstance(self.task, str) or not self.task.strip():
             raise AirflowFailException(f"task rendered to an empty prompt: {self.task!r}")
+        _common.label_map_index(context, self.start_url or self.task)
         tags = self._tags(context)
         body = self._request(context, tags)
         run_started = getattr(context.get("dag_run"), "start_date", None)

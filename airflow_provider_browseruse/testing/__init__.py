@@ -1,4 +1,4 @@
-"""Test tools: a local emulator of the Browser Use API v2 and its scripted scenarios.
+"""Test tools: a local emulator of the Browser Use API v2, its scripted scenarios, and run_dag.
 
 Nothing here is imported by the hooks, operators or sensors.
 """
@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BrowserUseEmulator", "EmulatorProcess", "Fault", "OutputFile", "RequestRecord", "Scenario", "TaskScript"]
+__all__ = [
+    "BrowserUseEmulator",
+    "DagRunResult",
+    "EmulatorProcess",
+    "Fault",
+    "OutputFile",
+    "RequestRecord",
+    "Scenario",
+    "TaskScript",
+    "run_dag",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,4 +30,8 @@ def __getattr__(name: str) -> Any:
         from airflow_provider_browseruse.testing import scenario
 
         return getattr(scenario, name)
+    if name in ("DagRunResult", "run_dag"):
+        from airflow_provider_browseruse.testing import dag_run
+
+        return getattr(dag_run, name)
     raise AttributeError(name)

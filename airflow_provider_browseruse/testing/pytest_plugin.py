@@ -7,11 +7,19 @@ Enable it in your ``conftest.py``::
 Then ask for ``browser_use_emulator`` in a test. One server runs for the whole test session;
 each test gets it reset (no sessions, tasks, faults or logged requests, the default scenario)
 and the environment variable ``AIRFLOW_CONN_BROWSER_USE_DEFAULT`` pointing at it, so that every
-operator, sensor and hook with the default connection talks to it.
+operator, sensor and hook with the default connection talks to it. Run whole DAGs with
+:func:`airflow_provider_browseruse.testing.run_dag`.
+
+Unless ``AIRFLOW_HOME`` is set, the test session gets a fresh one in a temporary folder (with
+its own SQLite metadata database, and no example DAGs), so tests never touch ``~/airflow``.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +28,22 @@ from airflow_provider_browseruse.testing.emulator import BrowserUseEmulator
 from airflow_provider_browseruse.testing.scenario import Scenario
 
 EMULATOR_API_KEY = "bu_emulator_key_for_tests"
+
+_own_airflow_home: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _own_airflow_home
+    if "AIRFLOW_HOME" in os.environ or "airflow.configuration" in sys.modules:
+        return  # the user's own home, or Airflow already read its configuration: too late to move it
+    _own_airflow_home = tempfile.mkdtemp(prefix="airflow-home-")
+    os.environ["AIRFLOW_HOME"] = _own_airflow_home
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _own_airflow_home is not None:
+        shutil.rmtree(_own_airflow_home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -188,12 +189,21 @@ def _checked_event(event: Any, id_key: str, expected_id: str, kinds: frozenset[s
     return dict(event)
 
 
+#: The payload of Airflow's TaskSuccessEvent, as ``execute_complete`` receives it when a worker
+#: resumes a task its trigger ended.
+TRIGGER_SUCCESS_PAYLOAD = "success"
+
+
 def task_event(event: Any, expected_task_id: str) -> dict[str, Any]:
     """Return a TaskStatusTrigger event once checked: a known kind, about ``expected_task_id``,
     and for ``ended`` a terminal status.
 
     :raises AirflowException: any other event.
     """
+    if event == TRIGGER_SUCCESS_PAYLOAD:
+        # The trigger ended the task itself, yet a worker resumed it (dag.test() does): the task
+        # finished well, so finish it here as for ``ended``.
+        return {"event": "ended", "browser_use_task_id": expected_task_id, "task_status": "finished"}
     checked = _checked_event(event, "browser_use_task_id", expected_task_id, TASK_EVENTS)
     if checked["event"] == "ended" and _wire.task_status(checked, "task_status") not in _wire.TASK_TERMINAL_STATUSES:
         raise AirflowException(f"The trigger reported an end with status {checked.get('task_status')!r}: {event!r}")
@@ -240,6 +250,44 @@ def publish_session(ti: Any, log: Log, view: Mapping[str, Any]) -> dict[str, Any
     return _wire.without_access_urls(view)
 
 
+@dataclass(frozen=True)
+class FinishedTask:
+    """A task that ended as its success policy wants.
+
+    :param output: the text, or the parsed and checked JSON of a structured output.
+    :param task: the final task as the API gave it, steps included.
+    :param output_files: where its files were saved (empty unless ``output_files_path``).
+    """
+
+    output: Any
+    task: dict[str, Any]
+    output_files: list[str]
+
+    def asset_extra(self) -> dict[str, Any]:
+        """What an outlet's asset event carries: ids, status, cost, verdicts and file paths (no contents)."""
+        return {
+            BROWSER_USE_TASK_ID_KEY: self.task.get("id"),
+            SESSION_ID_KEY: self.task.get("sessionId"),
+            "status": self.task.get("status"),
+            "cost_usd": float(_wire.to_decimal(self.task.get("cost"))),
+            "is_success": self.task.get("isSuccess"),
+            "judge_verdict": self.task.get("judgeVerdict"),
+            OUTPUT_FILES_KEY: list(self.output_files),
+        }
+
+
+def annotate_outlets(context: Any, outlets: Sequence[Any], finished: FinishedTask, log: Log) -> None:
+    """Put the finished task's facts in the ``extra`` of each outlet asset's event."""
+    from airflow.sdk import Asset
+
+    events = context.get("outlet_events")
+    for outlet in outlets:
+        if events is None or not isinstance(outlet, Asset):
+            continue  # an alias names no event of its own to annotate
+        events[outlet].extra.update(finished.asset_extra())
+        log.info("Asset event for %s carries task %s's facts.", outlet.uri, finished.task.get("id"))
+
+
 def finish_task(
     hook: BrowserUseHook,
     ti: Any,
@@ -249,8 +297,8 @@ def finish_task(
     success_policy: _wire.SuccessPolicy,
     structured_output: Any,
     output_files_path: Any,
-) -> Any:
-    """Fetch an ended task once, push it to XCom, judge it, and return its output.
+) -> FinishedTask:
+    """Fetch an ended task once, push it to XCom, judge it, and return it with its output.
 
     The output is the text, or with ``structured_output`` the parsed JSON checked against the
     schema (a pydantic model class is validated and given back as a dict). With
@@ -274,10 +322,11 @@ def finish_task(
     if failure is not None:
         raise BrowserUseTaskError(failure, task)
     output = _parsed_output(task, structured_output)
+    paths: list[str] = []
     if output_files_path is not None:
         paths = download_output_files(hook, log, browser_use_task_id, task, output_files_path)
         ti.xcom_push(key=OUTPUT_FILES_KEY, value=paths)
-    return output
+    return FinishedTask(output=output, task=task, output_files=paths)
 
 
 def _parsed_output(task: Mapping[str, Any], structured_output: Any) -> Any:

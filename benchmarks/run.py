@@ -11,6 +11,10 @@
 4. Trigger scale: N TaskStatusTriggers in one event loop (poll every second, tasks ending over
    60 s): events, event-loop lag, CPU per 1,000 polls, memory per trigger and TCP connections;
    beside a baseline trigger that opens a client per poll, as most providers do.
+5. Waits that cost no worker: deferred RunTaskOperators under a real scheduler and triggerer,
+   ending in the triggerer, beside resuming on a worker (dbt Cloud's pattern): worker seconds,
+   worker runs and the delay from the remote task's end to the Airflow task's end
+   (benchmarks/deferred_finish.py).
 
 Benchmarks, not tests: nothing here asserts a time. The emulator runs in its own process so that
 its CPU is not counted; everything talks to 127.0.0.1 only.
@@ -315,24 +319,57 @@ def trigger_scale(count: int, spread: float) -> dict[str, Any]:
 
 # --- report ------------------------------------------------------------------------------------
 
-ROWS = [
-    ("Import cost (ms, median)", "import_ms_ours", "import_ms_http_provider", "HTTP provider operators"),
-    ("get_session per call (ms)", "per_call_ms_hook", "per_call_ms_bare_requests", "bare requests.Session"),
-    ("  ratio to bare requests", "per_call_ratio_hook_over_bare", "per_call_ratio_http_hook_over_bare", "HttpHook"),
-    ("Polling: requests", "economy_requests", "economy_requests_bound", "bound 1 + ceil(T/p) + 1"),
-    ("Polling: status polls / full fetches", "economy_status_polls", "economy_full_fetches", "full fetches"),
-    ("Polling: bytes received", "economy_bytes", "economy_bytes_status_polls", "of which status polls"),
-] + [
-    (f"Triggers: {label}", f"trigger_ours_{key}", f"trigger_baseline_{key}", "per-poll client")
-    for label, key in (
-        ("correct events", "events_correct"),
-        ("event-loop lag p99 (ms)", "loop_lag_p99_ms"),
-        ("CPU s per 1,000 polls", "cpu_seconds_per_1000_polls"),
-        ("memory per trigger (KiB)", "memory_per_trigger_kb"),
-        ("TCP connections", "tcp_connections"),
-        ("polls", "polls"),
-    )
-]
+ROWS = (
+    [
+        ("Import cost (ms, median)", "import_ms_ours", "import_ms_http_provider", "HTTP provider operators"),
+        ("get_session per call (ms)", "per_call_ms_hook", "per_call_ms_bare_requests", "bare requests.Session"),
+        ("  ratio to bare requests", "per_call_ratio_hook_over_bare", "per_call_ratio_http_hook_over_bare", "HttpHook"),
+        ("Polling: requests", "economy_requests", "economy_requests_bound", "bound 1 + ceil(T/p) + 1"),
+        ("Polling: status polls / full fetches", "economy_status_polls", "economy_full_fetches", "full fetches"),
+        ("Polling: bytes received", "economy_bytes", "economy_bytes_status_polls", "of which status polls"),
+    ]
+    + [
+        (f"Triggers: {label}", f"trigger_ours_{key}", f"trigger_baseline_{key}", "per-poll client")
+        for label, key in (
+            ("correct events", "events_correct"),
+            ("event-loop lag p99 (ms)", "loop_lag_p99_ms"),
+            ("CPU s per 1,000 polls", "cpu_seconds_per_1000_polls"),
+            ("memory per trigger (KiB)", "memory_per_trigger_kb"),
+            ("TCP connections", "tcp_connections"),
+            ("polls", "polls"),
+        )
+    ]
+    + [
+        (
+            "Deferred task: worker seconds",
+            "deferred_triggerer_worker_seconds",
+            "deferred_worker_worker_seconds",
+            "resume on a worker",
+        ),
+        (
+            "Deferred task: worker runs",
+            "deferred_triggerer_worker_runs",
+            "deferred_worker_worker_runs",
+            "resume on a worker",
+        ),
+        (
+            "Deferred task: end delay (s, median)",
+            "deferred_triggerer_end_delay_s",
+            "deferred_worker_end_delay_s",
+            "resume on a worker",
+        ),
+    ]
+)
+
+
+# --- 5. waits that cost no worker --------------------------------------------------------------
+
+
+def deferred_finish(tasks: int) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import deferred_finish
+
+    return deferred_finish.measure(tasks=tasks, duration=6.0, poll=1.0, key=KEY, env=child_env())
 
 
 def report(figures: dict[str, Any]) -> str:
@@ -370,6 +407,7 @@ def main() -> int:
         ("per-call overhead", lambda: per_call(500 if args.quick else 3000)),
         ("polling economy", lambda: polling_economy(3.0, 0.5)),
         ("trigger scale", lambda: trigger_scale(200 if args.quick else 1000, 15.0 if args.quick else 60.0)),
+        ("deferred finish", lambda: deferred_finish(2 if args.quick else 4)),
     ]
     for name, step in steps:
         print(f"... {name}", file=sys.stderr, flush=True)

@@ -51,7 +51,9 @@ class FakeTaskInstance:
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcom[key] = json.loads(json.dumps(value))
 
-    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value") -> Any:
+    def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", map_indexes: int | None = None) -> Any:
+        if map_indexes is None and self.map_index >= 0:
+            return [self.xcom.get(key)]  # as Airflow: without map_indexes, every mapped instance's value
         return self.xcom.get(key)
 
 

@@ -4,22 +4,17 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
 from tests.conftest import ROOT
+from tests.local_airflow import Airflow, local_airflow
 
 pytestmark = pytest.mark.scheduler
 
@@ -28,109 +23,32 @@ LOGIN_DAG_ID = "browser_use_login"
 FAN_OUT_DAG_ID = "browser_use_fan_out"
 API_KEY = "bu_scheduler_test_key_1a2b3c4d5e"
 SECRET = "correct-horse-battery-staple-7f3a"
+MAPPED_DEFERRED_DAG_ID = "mapped_deferred"
+#: Deferred instances of one mapped task: half end in the triggerer, half resume on a worker.
+MAPPED_DEFERRED_DAG = """
+from airflow.sdk import DAG
+from airflow_provider_browseruse.operators import RunTaskOperator
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Airflow:
-    """Airflow components as subprocesses sharing one AIRFLOW_HOME and SQLite database."""
-
-    def __init__(self, home: Path, env: dict[str, str]) -> None:
-        self.home = home
-        self.env = env
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.api_url = ""
-
-    def cli(self, *args: str, timeout: float = 120) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        assert done.returncode == 0, f"airflow {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
-
-    def start(self, name: str, *args: str) -> None:
-        log = (self.home / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "airflow", *args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def stop(self, name: str) -> None:
-        process = self.processes.pop(name)
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(self.home / "airflow.db", timeout=30) as db:
-            return db.execute(sql, params).fetchall()
-
-    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            for name, process in self.processes.items():
-                assert process.poll() is None, f"{name} exited: {self.logs(name)[-3000:]}"
-            assert time.monotonic() < deadline, (
-                f"timed out waiting for {what}; scheduler log:\n{self.logs('scheduler')[-3000:]}"
-            )
-            time.sleep(0.5)
-
-    def logs(self, name: str) -> str:
-        path = self.home / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+with DAG("mapped_deferred", schedule=None, default_args={"retries": 0}):
+    for task_id, end_from_trigger in (("in_triggerer", True), ("on_worker", False)):
+        RunTaskOperator.partial(
+            task_id=task_id, deferrable=True, poll_interval=1, end_from_trigger=end_from_trigger
+        ).expand(task=[f"mapped {task_id} job {n}" for n in range(3)])
+"""
 
 
 @pytest.fixture
 def airflow(tmp_path: Path, browser_use_emulator: BrowserUseEmulator) -> Iterator[Airflow]:
     browser_use_emulator.state.api_key = API_KEY
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    for dag_id in (DAG_ID, LOGIN_DAG_ID, FAN_OUT_DAG_ID):
-        (dags / f"{dag_id}.py").write_text((ROOT / "example_dags" / f"{dag_id}.py").read_text())
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
-        "AIRFLOW_HOME": str(tmp_path),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow.db",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API_AUTH__JWT_SECRET": "scheduler-test-jwt-secret-0123456789",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-        "AIRFLOW_VAR_SHOP_PASSWORD": SECRET,
-        "AIRFLOW_CONN_BROWSER_USE_DEFAULT": json.dumps(
-            {"conn_type": "browser_use", "host": browser_use_emulator.base_url, "password": API_KEY}
-        ),
+    dags = {
+        f"{dag_id}.py": (ROOT / "example_dags" / f"{dag_id}.py").read_text()
+        for dag_id in (DAG_ID, LOGIN_DAG_ID, FAN_OUT_DAG_ID)
     }
-    instance = Airflow(tmp_path, env)
-    instance.api_url = f"http://127.0.0.1:{port}"
-    instance.cli("db", "migrate")
-    instance.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port))
-    instance.start("dag-processor", "dag-processor")
-    instance.start("scheduler", "scheduler")
-    instance.start("triggerer", "triggerer")
-    try:
+    dags[f"{MAPPED_DEFERRED_DAG_ID}.py"] = MAPPED_DEFERRED_DAG
+    with local_airflow(
+        tmp_path, dags, browser_use_emulator.base_url, API_KEY, {"AIRFLOW_VAR_SHOP_PASSWORD": SECRET}
+    ) as instance:
         yield instance
-    finally:
-        for name in list(instance.processes):
-            instance.stop(name)
 
 
 def test_deferrable_dag_survives_a_triggerer_restart_and_a_kill_stops_the_remote_task(
@@ -176,6 +94,16 @@ def test_deferrable_dag_survives_a_triggerer_restart_and_a_kill_stops_the_remote
     assert set(states.values()) == {"success"}
     assert emulator.count("POST", "/tasks") == 3  # two for this DAG, one for the login DAG: no duplicate
     assert emulator.count("PATCH", r"/tasks/.+") == 0  # the restart stopped nothing
+    # summarise ended in the triggerer: its task fetched once (by the trigger), its XComs pushed there.
+    [(summarised,)] = airflow.query(
+        "SELECT value FROM xcom WHERE dag_id = ? AND task_id = 'summarise' AND key = 'browser_use_task_id'", DAG_ID
+    )
+    summarised = json.loads(summarised)
+    assert emulator.count("GET", f"/tasks/{summarised}") == 1
+    [(output,)] = airflow.query(
+        "SELECT value FROM xcom WHERE dag_id = ? AND task_id = 'summarise' AND key = 'return_value'", DAG_ID
+    )
+    assert "Three sentences." in output
     statuses = [t["status"] for t in emulator.state.list_tasks(session_id=None, status=None, after=None, before=None)]
     assert statuses == ["finished"] * 3
     assert emulator.active_session_count() == 0
@@ -260,4 +188,40 @@ def test_mapped_tasks_in_one_session_wait_for_it_under_a_real_scheduler(
     assert busy, "the mapped instances never overlapped: this test proved nothing"
     task_logs = "".join(p.read_text(errors="replace") for p in (airflow.home / "logs").rglob("*.log"))
     assert "waiting for it to end before starting this one" in task_logs
+    assert emulator.active_session_count() == 0
+
+
+def test_mapped_deferred_instances_finish_in_the_triggerer_or_on_a_worker(
+    airflow: Airflow, browser_use_emulator: BrowserUseEmulator
+) -> None:
+    """Each deferred mapped instance must come back to its own remote task, on either path."""
+    emulator = browser_use_emulator
+    emulator.state.scenario = Scenario().add("mapped", duration=3)
+    parsed = "SELECT count(*) FROM dag WHERE dag_id = ?"
+    airflow.wait_for("the DAG to be parsed", lambda: airflow.query(parsed, MAPPED_DEFERRED_DAG_ID)[0][0] == 1)
+    airflow.cli("dags", "unpause", MAPPED_DEFERRED_DAG_ID)
+    airflow.cli("dags", "trigger", MAPPED_DEFERRED_DAG_ID)
+    ended = "SELECT state FROM dag_run WHERE dag_id = ? AND state IN ('success', 'failed')"
+    airflow.wait_for("the run to end", lambda: bool(airflow.query(ended, MAPPED_DEFERRED_DAG_ID)), timeout=300)
+    states = airflow.query(
+        "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ?", MAPPED_DEFERRED_DAG_ID
+    )
+    assert airflow.query(ended, MAPPED_DEFERRED_DAG_ID) == [("success",)], states
+    assert sorted((task_id, index) for task_id, index, _ in states) == [
+        (task_id, n) for task_id in ("in_triggerer", "on_worker") for n in range(3)
+    ]
+    outputs = airflow.query(
+        "SELECT task_id, map_index, key, value FROM xcom WHERE dag_id = ? AND key IN ('browser_use_task_id', 'return_value')",
+        MAPPED_DEFERRED_DAG_ID,
+    )
+    ids = {
+        (task_id, index): json.loads(value) for task_id, index, key, value in outputs if key == "browser_use_task_id"
+    }
+    for (task_id, index), remote_id in ids.items():
+        remote = emulator.state.tasks[remote_id]
+        assert remote.prompt == f"mapped {task_id} job {index}"  # each instance kept its own task
+        assert emulator.count("GET", f"/tasks/{remote_id}") == 1  # fetched once: by the trigger, or by a worker
+    returned = {(task_id, index) for task_id, index, key, _ in outputs if key == "return_value"}
+    assert returned == set(ids) and len(ids) == 6
+    assert emulator.count("POST", "/tasks") == 6
     assert emulator.active_session_count() == 0

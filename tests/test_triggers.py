@@ -43,7 +43,8 @@ def test_task_trigger_serializes_without_the_key(emulator: BrowserUseEmulator) -
     assert path == "airflow_provider_browseruse.triggers.browser_use.TaskStatusTrigger"
     assert kwargs == {
         "browser_use_task_id": UNKNOWN, "browser_use_conn_id": "browser_use_default", "poll_interval": 0.5,
-        "end_time": 123.0, "stop_on_give_up": True, "owns_session": True,
+        "end_time": 123.0, "stop_on_give_up": True, "owns_session": True, "end_from_trigger": False,
+        "success_policy": "agent", "output_schema": None, "push_output": True,
     }  # fmt: skip
     assert roundtrip(trigger).serialize() == (path, kwargs)
     assert emulator.state.api_key not in json.dumps(kwargs)
@@ -288,3 +289,146 @@ def test_deferrable_defaults_to_airflows_setting(monkeypatch: pytest.MonkeyPatch
     assert SessionStoppedSensor(task_id="s", session_id=UNKNOWN).deferrable is True
     monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "False")
     assert StopSessionOperator(task_id="x", session_id=UNKNOWN).deferrable is False
+
+
+# --- ending in the triggerer -------------------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+
+
+def end_event(trigger: Any) -> Any:
+    """The trigger's first event object itself (a TaskSuccessEvent is more than its payload)."""
+
+    async def collect() -> Any:
+        async for event in trigger.run():
+            return event
+        raise AssertionError("the trigger ended without an event")
+
+    return asyncio.run(collect())
+
+
+def ending_trigger(task_id: str, **kwargs: Any) -> TaskStatusTrigger:
+    trigger = TaskStatusTrigger(task_id, poll_interval=0.05, end_time=time.time() + 10, end_from_trigger=True, **kwargs)
+    return roundtrip(trigger)
+
+
+@pytest.mark.parametrize(
+    ("script", "kwargs", "output"),
+    [
+        pytest.param({"output": "fine"}, {}, "fine", id="text"),
+        pytest.param({"output_json": {"n": 3}}, {"output_schema": SCHEMA}, {"n": 3}, id="structured"),
+        pytest.param({"judge_verdict": True, "output": "ok"}, {"success_policy": "judge"}, "ok", id="judge"),
+        pytest.param({"is_success": False, "output": "meh"}, {"success_policy": "lenient"}, "meh", id="lenient"),
+    ],
+)
+def test_a_task_that_ends_well_ends_in_the_triggerer_with_its_xcoms(
+    emulator: BrowserUseEmulator, script: dict[str, Any], kwargs: dict[str, Any], output: Any
+) -> None:
+    from airflow.triggers.base import TaskSuccessEvent
+
+    emulator.state.scenario = Scenario().add("job", duration=0.2, **script)
+    body: dict[str, Any] = {"task": "job", "judge": "judge_verdict" in script}
+    if "output_json" in script:
+        body["structuredOutput"] = json.dumps(SCHEMA)
+    task_id = emulator.state.create_task(body)["id"]
+    event = end_event(ending_trigger(task_id, **kwargs))
+    assert isinstance(event, TaskSuccessEvent)
+    assert event.xcoms["return_value"] == output
+    assert event.xcoms["task"]["id"] == task_id and event.xcoms["task"]["status"] == "finished"
+    assert "steps" not in event.xcoms["task"]
+    assert json.loads(json.dumps(event.xcoms)) == event.xcoms  # stored by the triggerer as JSON
+    assert emulator.count("GET", f"/tasks/{task_id}") == 1  # the one full fetch, in the triggerer
+
+
+def test_without_xcom_push_the_output_is_not_pushed(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=0.1, output="fine")
+    task_id = emulator.state.create_task({"task": "job"})["id"]
+    event = end_event(ending_trigger(task_id, push_output=False))
+    assert set(event.xcoms) == {"task"}
+
+
+@pytest.mark.parametrize(
+    ("script", "kwargs", "fault"),
+    [
+        pytest.param({"status": "failed"}, {}, None, id="failed"),
+        pytest.param({"status": "stopped"}, {"success_policy": "lenient"}, None, id="stopped"),
+        pytest.param({"is_success": False}, {}, None, id="agent-says-no"),
+        pytest.param({"judge_verdict": False}, {"success_policy": "judge"}, None, id="judge-says-no"),
+        pytest.param({"output": '{"n": "three"}'}, {"output_schema": SCHEMA}, None, id="output-does-not-parse"),
+        pytest.param({"output": "fine"}, {}, 404, id="final-fetch-fails"),
+    ],
+)
+def test_anything_but_a_success_goes_back_to_a_worker(
+    emulator: BrowserUseEmulator, script: dict[str, Any], kwargs: dict[str, Any], fault: int | None
+) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=0.1, **script)
+    task_id = emulator.state.create_task({"task": "job", "judge": "judge_verdict" in script})["id"]
+    if fault:
+        emulator.add_fault(method="GET", path=f"/tasks/{task_id}$", status=fault, times=1)
+    event = end_event(ending_trigger(task_id, **kwargs))
+    assert type(event).__name__ == "TriggerEvent"
+    assert event.payload["event"] == "ended"
+    assert event.payload["task_status"] == script.get("status", "finished")
+
+
+def test_the_operator_ends_in_the_triggerer_only_when_no_worker_is_needed(tmp_path: Any) -> None:
+    import pydantic
+    from airflow.sdk import Asset
+
+    class Model(pydantic.BaseModel):
+        n: int
+
+    def ends(**kwargs: Any) -> bool:
+        return RunTaskOperator(task_id="run", task="job", deferrable=True, **kwargs)._ends_in_triggerer
+
+    assert ends() and ends(structured_output=SCHEMA)
+    assert not ends(end_from_trigger=False)
+    assert not ends(output_files_path=f"file://{tmp_path}")  # files are copied by a worker
+    assert not ends(outlets=[Asset("s3://bucket/out")])  # the triggerer emits no asset events
+    assert not ends(structured_output=Model)  # the triggerer cannot import a DAG's model
+
+
+def test_a_deferred_operator_hands_its_finishing_rules_to_the_trigger(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=5)
+    op = RunTaskOperator(
+        task_id="run",
+        task="job",
+        deferrable=True,
+        structured_output=SCHEMA,
+        success_policy="lenient",
+        do_xcom_push=False,
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(task_context())
+    trigger = deferred.value.trigger
+    assert (trigger.end_from_trigger, trigger.success_policy.value, trigger.output_schema, trigger.push_output) == (
+        True,
+        "lenient",
+        SCHEMA,
+        False,
+    )
+    op._stop_remote_work("the test is over")
+
+
+def test_a_worker_resumed_after_the_trigger_ended_the_task_finishes_it(emulator: BrowserUseEmulator) -> None:
+    """dag.test() hands a TaskSuccessEvent's payload to execute_complete: finish as for 'ended'."""
+    emulator.state.scenario = Scenario().add("job", duration=0.2, output="done")
+    op = RunTaskOperator(task_id="run", task="job", poll_interval=0.05, deferrable=True)
+    ctx = task_context()
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(ctx)
+    event = end_event(deferred.value.trigger)
+    assert event.payload == "success"
+    assert op.execute_complete(ctx, event.payload) == "done"
+    assert ctx["ti"].xcom["task"]["status"] == "finished"
+
+
+@pytest.mark.parametrize("map_index", [-1, 2])
+def test_a_deferred_instance_resumes_on_its_own_task(emulator: BrowserUseEmulator, map_index: int) -> None:
+    """A mapped instance reads its own task id back, not the list of every instance's ids."""
+    emulator.state.scenario = Scenario().add("job", duration=0.2, output="mine")
+    op = RunTaskOperator(task_id="run", task="job", poll_interval=0.05, deferrable=True, end_from_trigger=False)
+    ctx = task_context(map_index=map_index)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(ctx)
+    assert op.execute_complete(ctx, first_event(deferred.value.trigger)) == "mine"

@@ -307,6 +307,10 @@ class RunTaskOperator(BrowserUseBaseOperator):
         user's kill of the deferred task stops the remote work on Airflow 3.3+ (the trigger's
         ``on_kill``); the trigger's own deadline (``timeout`` or ``execution_timeout``) lets the
         operator stop the remote task before failing.
+    :param end_from_trigger: when deferred, let a task that ends well finish in the triggerer,
+        pushing the same XComs, with no worker (default True). Failures always come back to a
+        worker, and so does a task with ``output_files_path``, ``outlets`` or a pydantic
+        ``structured_output`` (finishing it needs the worker).
     """
 
     template_fields: Sequence[str] = ("task", "session_id", "start_url", "metadata", "output_files_path")
@@ -337,6 +341,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
         stop_on_give_up: bool = True,
         output_files_path: Any = None,
         deferrable: bool | None = None,
+        end_from_trigger: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -361,9 +366,12 @@ class RunTaskOperator(BrowserUseBaseOperator):
         self.stop_on_give_up = stop_on_give_up
         self.output_files_path = output_files_path
         self.deferrable = _common.default_deferrable() if deferrable is None else deferrable
+        self.end_from_trigger = end_from_trigger
         self._check_parameters()
         #: The remote task this operator waits for, to stop if it gives up; None when there is none.
         self._waited_task_id: str | None = None
+        #: The task once it ended well, for OpenLineage; None before.
+        self._finished: _common.FinishedTask | None = None
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
@@ -500,13 +508,33 @@ class RunTaskOperator(BrowserUseBaseOperator):
                 end_time=_common.wall_clock_deadline(self.timeout, self.execution_timeout, context["ti"]),
                 stop_on_give_up=self.stop_on_give_up,
                 owns_session=self._owns_session,
+                end_from_trigger=self._ends_in_triggerer,
+                success_policy=self.success_policy.value,
+                output_schema=_common.schema_of(self.structured_output),
+                push_output=self.do_xcom_push,
             ),
             method_name="execute_complete",
         )
 
+    @property
+    def _ends_in_triggerer(self) -> bool:
+        """Whether a deferred task that ends well may finish in the triggerer, with no worker.
+
+        Not when finishing needs the worker: files to copy, asset events to emit (the triggerer
+        emits none), or a pydantic model to validate with (the triggerer cannot import a DAG's).
+        """
+        return (
+            self.end_from_trigger
+            and self.output_files_path is None
+            and not self.outlets
+            and not isinstance(self.structured_output, type)
+        )
+
     def execute_complete(self, context: Context, event: Any) -> Any:
         """Resume after the deferred wait: finish, or stop the remote task and fail."""
-        expected = context["ti"].xcom_pull(task_ids=context["ti"].task_id, key=_common.BROWSER_USE_TASK_ID_KEY)
+        ti = context["ti"]
+        # map_indexes: without it, a mapped instance would get every instance's id.
+        expected = ti.xcom_pull(task_ids=ti.task_id, key=_common.BROWSER_USE_TASK_ID_KEY, map_indexes=ti.map_index)
         event = _common.task_event(event, expected)
         task_id = event["browser_use_task_id"]
         self._waited_task_id = task_id
@@ -523,7 +551,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
 
     def _finish(self, context: Context, task_id: str) -> Any:
         self._waited_task_id = None  # it has ended: nothing left to stop
-        return _common.finish_task(
+        self._finished = _common.finish_task(
             self.hook,
             context["ti"],
             self.log,
@@ -532,6 +560,16 @@ class RunTaskOperator(BrowserUseBaseOperator):
             structured_output=self.structured_output,
             output_files_path=self.output_files_path,
         )
+        _common.annotate_outlets(context, self.outlets, self._finished, self.log)
+        return self._finished.output
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (when its provider is installed): the start URL and allowed domains as
+        inputs, the saved output files as outputs, and a run facet with the task's model, cost,
+        steps and verdicts."""
+        from airflow_provider_browseruse import _openlineage
+
+        return _openlineage.operator_lineage(self._finished, self.start_url, self.allowed_domains)
 
     def _start(self, body: dict[str, Any], tags: Mapping[str, str], since: float | None = None) -> dict[str, Any]:
         """Return this task instance's remote task from an earlier try, or create one.

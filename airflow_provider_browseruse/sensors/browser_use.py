@@ -200,7 +200,7 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
             self.log.info("Task %s is %s.", self.watched_id, view.get("status"))
             return PokeReturnValue(is_done=False)
         context["ti"].xcom_push(key=_common.BROWSER_USE_TASK_ID_KEY, value=self.watched_id)
-        output = _common.finish_task(
+        finished = _common.finish_task(
             self.hook,
             context["ti"],
             self.log,
@@ -209,4 +209,5 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
             structured_output=self.structured_output,
             output_files_path=self.output_files_path,
         )
-        return PokeReturnValue(is_done=True, xcom_value=output)
+        _common.annotate_outlets(context, self.outlets, finished, self.log)
+        return PokeReturnValue(is_done=True, xcom_value=finished.output)

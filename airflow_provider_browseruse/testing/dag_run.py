@@ -8,7 +8,7 @@ returns its state, task states and XComs in plain dicts.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,16 +53,26 @@ class DagRunResult:
         return values[-1] if -1 in values else [values[index] for index in sorted(values)]
 
 
-def run_dag(dag: Any, *, dag_id: str | None = None, conf: Mapping[str, Any] | None = None) -> DagRunResult:
+def run_dag(
+    dag: Any,
+    *,
+    dag_id: str | None = None,
+    conf: Mapping[str, Any] | None = None,
+    other_dags: Sequence[Any] = (),
+) -> DagRunResult:
     """Run a DAG once, in this process, and return what it did; a failed run returns, it does not raise.
 
     :param dag: a DAG object, or the path of a DAG file.
     :param dag_id: which DAG of the file, when it defines several.
     :param conf: the run's ``conf`` (``params`` are checked against it).
+    :param other_dags: DAG objects to serialize beside it, not run: those scheduled on its assets,
+        so that its asset events queue their runs.
     :raises ValueError: the file does not import, or ``dag_id`` does not name one of its DAGs.
     """
     bag = _bag_of(dag)
     chosen = _choose(bag, dag_id)
+    for other in other_dags:
+        bag.bag_dag(other)
     _prepare_database()
     _serialize(bag)
     dag_run = chosen.test(run_conf=dict(conf) if conf is not None else None)

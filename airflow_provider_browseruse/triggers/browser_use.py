@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_provider_browseruse import _common, _wire
 from airflow_provider_browseruse.exceptions import BrowserUseAPIError
@@ -91,6 +91,13 @@ class TaskStatusTrigger(_PollingTrigger):
     """Fire when a task has ended (``ended``), at the deadline (``timeout``) or on an API error
     (``error``).
 
+    With ``end_from_trigger``, a task that ended well ends its Airflow task here, with no worker:
+    the trigger fetches the final task, judges it by ``success_policy``, parses its output
+    against ``output_schema``, and fires Airflow's ``TaskSuccessEvent`` carrying the XComs the
+    operator would push (``task``, and the output as ``return_value`` when ``push_output``).
+    Anything else (a failure, an output that does not parse, an error fetching it) fires
+    ``ended`` as without it, and the operator handles it on a worker.
+
     With ``stop_on_give_up``, a user's kill of the deferred task (Airflow 3.3+) stops the remote
     task, and its session too when the operator ``owns_session`` (a one-off session it started);
     a triggerer restart never does.
@@ -107,6 +114,10 @@ class TaskStatusTrigger(_PollingTrigger):
         end_time: float,
         stop_on_give_up: bool = False,
         owns_session: bool = False,
+        end_from_trigger: bool = False,
+        success_policy: str = _wire.SuccessPolicy.AGENT.value,
+        output_schema: dict[str, Any] | None = None,
+        push_output: bool = True,
     ) -> None:
         super().__init__(
             watched_id=browser_use_task_id,
@@ -116,19 +127,35 @@ class TaskStatusTrigger(_PollingTrigger):
         )
         self.stop_on_give_up = stop_on_give_up
         self.owns_session = owns_session
+        self.end_from_trigger = end_from_trigger
+        self.success_policy = _wire.success_policy(success_policy)
+        self.output_schema = output_schema
+        self.push_output = push_output
         self._last_status: str | None = None
         self._progress = _common.Progress()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{__name__}.TaskStatusTrigger",
-            {**self._kwargs(), "stop_on_give_up": self.stop_on_give_up, "owns_session": self.owns_session},
+            {
+                **self._kwargs(),
+                "stop_on_give_up": self.stop_on_give_up,
+                "owns_session": self.owns_session,
+                "end_from_trigger": self.end_from_trigger,
+                "success_policy": self.success_policy.value,
+                "output_schema": self.output_schema,
+                "push_output": self.push_output,
+            },
         )
 
     async def check(self, hook: BrowserUseAsyncHook) -> TriggerEvent | None:
         view = await hook.get_task_status(self.watched_id)
         status = _wire.task_status(view)
         if status in _wire.TASK_TERMINAL_STATUSES:
+            if self.end_from_trigger and status is _wire.TaskStatus.FINISHED:
+                success = await self._success_event(hook)
+                if success is not None:
+                    return success
             return self.event("ended", task_status=view["status"])
         if view.get("status") != self._last_status:
             self._last_status = view.get("status")
@@ -142,6 +169,31 @@ class TaskStatusTrigger(_PollingTrigger):
             facts = _wire.progress_facts(await hook.get_task(self.watched_id))
             self.log.info("Task %s is still %s (%s; %s).", self.watched_id, self._last_status, self._progress, facts)
         return None
+
+    async def _success_event(self, hook: BrowserUseAsyncHook) -> TriggerEvent | None:
+        """Airflow's TaskSuccessEvent for a task that ended well; None leaves the rest to a worker."""
+        try:
+            task = await hook.get_task(self.watched_id)
+            if _wire.task_failure(task, self.success_policy) is not None:
+                return None
+            output = _wire.parse_output(task.get("output"), self.output_schema)
+        except Exception as error:  # the worker fetches it again, under its own retries
+            self.log.warning(
+                "Finishing task %s here failed (%s); a worker will.", self.watched_id, hook.redact(str(error))
+            )
+            return None
+        self.log.info(
+            "Browser Use task %s %s (isSuccess %s, judgeVerdict %s); cost $%s. Ended here, with no worker.",
+            self.watched_id,
+            task.get("status"),
+            task.get("isSuccess"),
+            task.get("judgeVerdict"),
+            _wire.to_decimal(task.get("cost")),
+        )
+        xcoms: dict[str, Any] = {_common.TASK_KEY: _wire.task_without_steps(task)}
+        if self.push_output:
+            xcoms["return_value"] = output
+        return TaskSuccessEvent(xcoms=xcoms)
 
     async def on_kill(self) -> None:
         if not self.stop_on_give_up:

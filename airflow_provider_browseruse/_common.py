@@ -310,14 +310,7 @@ def finish_task(
     task = hook.get_task(browser_use_task_id)
     ti.xcom_push(key=TASK_KEY, value=_wire.task_without_steps(task))
     push_session(ti, hook, str(task["sessionId"]))
-    log.info(
-        "Browser Use task %s %s (isSuccess %s, judgeVerdict %s); cost $%s.",
-        browser_use_task_id,
-        task.get("status"),
-        task.get("isSuccess"),
-        task.get("judgeVerdict"),
-        _wire.to_decimal(task.get("cost")),
-    )
+    log.info("%s.", _wire.outcome(task))
     failure = _wire.task_failure(task, success_policy)
     if failure is not None:
         raise BrowserUseTaskError(failure, task)

@@ -273,6 +273,14 @@ def task_failure(view: Mapping[str, Any], policy: SuccessPolicy) -> str | None:
     return f"{reason}; " + "; ".join(details)
 
 
+def outcome(task_view: Mapping[str, Any]) -> str:
+    """How an ended task came out, for the log: status, the success claims, cost."""
+    return (
+        f"Browser Use task {task_view.get('id')} {task_view.get('status')} (isSuccess {task_view.get('isSuccess')}, "
+        f"judgeVerdict {task_view.get('judgeVerdict')}); cost ${to_decimal(task_view.get('cost'))}"
+    )
+
+
 def progress_facts(task_view: Mapping[str, Any]) -> str:
     """What a running task has done so far, from its full view: steps and cost."""
     return f"steps so far: {len(task_view.get('steps') or [])}, cost so far: ${to_decimal(task_view.get('cost'))}"

@@ -193,6 +193,30 @@ MUTANTS = [
         "value <= 0 or value > maximum:",
         ("tests/test_bad_input.py",),
     ),
+    Mutant(
+        "mapped resume reads every id",
+        "a deferred mapped task comes back to its own remote task",
+        "operators/browser_use.py",
+        "key=_common.BROWSER_USE_TASK_ID_KEY, map_indexes=ti.map_index)",
+        "key=_common.BROWSER_USE_TASK_ID_KEY)",
+        ("tests/test_triggers.py::test_a_deferred_instance_resumes_on_its_own_task",),
+    ),
+    Mutant(
+        "triggerer ends a failure",
+        "only a task that ended well ends in the triggerer",
+        "triggers/browser_use.py",
+        "            if _wire.task_failure(task, self.success_policy) is not None:\n                return None\n",
+        "",
+        ("tests/test_triggers.py::test_anything_but_a_success_goes_back_to_a_worker",),
+    ),
+    Mutant(
+        "triggerer drops asset events",
+        "outlets get their asset events",
+        "operators/browser_use.py",
+        "            and not self.outlets\n",
+        "",
+        ("tests/test_triggers.py::test_the_operator_ends_in_the_triggerer_only_when_no_worker_is_needed",),
+    ),
 ]
 
 

@@ -182,14 +182,7 @@ class TaskStatusTrigger(_PollingTrigger):
                 "Finishing task %s here failed (%s); a worker will.", self.watched_id, hook.redact(str(error))
             )
             return None
-        self.log.info(
-            "Browser Use task %s %s (isSuccess %s, judgeVerdict %s); cost $%s. Ended here, with no worker.",
-            self.watched_id,
-            task.get("status"),
-            task.get("isSuccess"),
-            task.get("judgeVerdict"),
-            _wire.to_decimal(task.get("cost")),
-        )
+        self.log.info("%s. Ended here, in the triggerer: no worker needed.", _wire.outcome(task))
         xcoms: dict[str, Any] = {_common.TASK_KEY: _wire.task_without_steps(task)}
         if self.push_output:
             xcoms["return_value"] = output

@@ -4,10 +4,12 @@ and finishing an ended task. Airflow-side rules; the API's own rules live in ``_
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow.configuration import conf
@@ -38,6 +40,20 @@ TASK_OUTPUTS_KEY = "task_outputs"
 OUTPUT_FILES_KEY = "output_files"
 #: The session's page in the web app, read by the extra link (needs a login; grants nothing).
 SESSION_URL_KEY = "browser_use_session_url"
+#: What the remote work cost, in USD, as a number: a task's cost, or a stopped session's total.
+COST_KEY = "cost_usd"
+
+
+def push_cost(ti: Any, amount: Decimal) -> None:
+    ti.xcom_push(key=COST_KEY, value=float(amount))
+
+
+def over_budget_failure(browser_use_task_id: str, cost: Decimal, max_cost_usd: float) -> AirflowFailException:
+    """The failure for a task stopped at its budget: final, since a retry would pay again."""
+    return AirflowFailException(
+        f"Browser Use task {browser_use_task_id} has cost ${cost}, past max_cost_usd={max_cost_usd}; it was "
+        "stopped. Not retried: a retry would start a new task and pay again."
+    )
 
 
 # --- the label of a mapped task instance in the UI ---------------------------------------------
@@ -58,6 +74,11 @@ def label_map_index(context: Any, text: str) -> None:
 
 
 # --- parameters --------------------------------------------------------------------------------
+
+
+def as_seconds(value: Any) -> Any:
+    """A timedelta as seconds; anything else as given (checked by ``_wire.check_seconds``)."""
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 def check_id_if_known(value: Any, parameter: str) -> None:
@@ -175,7 +196,7 @@ class Progress:
 
 # --- trigger events ----------------------------------------------------------------------------
 
-TASK_EVENTS = frozenset({"ended", "timeout", "error"})
+TASK_EVENTS = frozenset({"ended", "over_budget", "timeout", "error"})
 SESSION_EVENTS = frozenset({"stopped", "timeout", "error"})
 
 
@@ -218,6 +239,37 @@ def session_event(event: Any, expected_session_id: str) -> dict[str, Any]:
     return _checked_event(event, "session_id", expected_session_id, SESSION_EVENTS)
 
 
+# --- waiting for a free session slot ----------------------------------------------------------
+
+#: The longest pause between two creates refused at the session cap (a Retry-After may ask more).
+CAP_BACKOFF_MAX = 60.0
+
+
+def session_cap_pause(error: BaseException, refusals: int, waited: float, remaining: float, log: Log) -> float:
+    """Seconds to wait before asking again after a create the session cap refused (429).
+
+    Nothing was created by a 429, so asking again is safe: with the API's ``Retry-After``, else
+    an exponential backoff with jitter, never past the operator's own ``timeout``.
+
+    :raises AirflowException: no time is left.
+    """
+    if remaining <= 0:
+        raise AirflowException(
+            f"The account's concurrent-session cap stayed full for {waited:.0f} s (the timeout): nothing was "
+            "started. Size an Airflow pool to the cap (README: fan-out) so that tasks queue in Airflow."
+        ) from error
+    retry_after = getattr(error, "retry_after", None)
+    pause = retry_after if retry_after else min(CAP_BACKOFF_MAX, 2.0**refusals) * random.uniform(0.5, 1.0)
+    pause = min(pause, remaining)
+    log.info(
+        "The account's concurrent-session cap is full (429; nothing was created): waited %.0f s so far, "
+        "asking again in %.1f s.",
+        waited,
+        pause,
+    )
+    return pause
+
+
 # --- publishing what happened ------------------------------------------------------------------
 
 
@@ -240,6 +292,7 @@ def publish_session(ti: Any, log: Log, view: Mapping[str, Any]) -> dict[str, Any
     """Push ``task_outputs``, log the session's cost, and return the view fit for XCom."""
     outputs = _wire.task_outputs(view)
     ti.xcom_push(key=TASK_OUTPUTS_KEY, value=outputs)
+    push_cost(ti, _wire.session_cost(view))
     log.info(
         "Session %s is %s: %d task(s), total cost $%s",
         view.get("id"),
@@ -309,6 +362,7 @@ def finish_task(
     """
     task = hook.get_task(browser_use_task_id)
     ti.xcom_push(key=TASK_KEY, value=_wire.task_without_steps(task))
+    push_cost(ti, _wire.to_decimal(task.get("cost")))
     push_session(ti, hook, str(task["sessionId"]))
     log.info("%s.", _wire.outcome(task))
     failure = _wire.task_failure(task, success_policy)

@@ -51,6 +51,7 @@ TASK_OUTPUT_FIELDS = ("id", "status", "output", "isSuccess", "judgeVerdict", "co
 ACCOUNT_PATH = "/billing/account"
 SESSIONS_PATH = "/sessions"
 TASKS_PATH = "/tasks"
+BROWSERS_PATH = "/browsers"
 
 
 def parse_timestamp(value: Any) -> float | None:
@@ -73,6 +74,10 @@ def session_path(session_id: str) -> str:
     return f"{SESSIONS_PATH}/{session_id}"
 
 
+def browser_path(browser_id: str) -> str:
+    return f"{BROWSERS_PATH}/{browser_id}"
+
+
 def task_path(task_id: str) -> str:
     return f"{TASKS_PATH}/{task_id}"
 
@@ -82,6 +87,7 @@ def task_status_path(task_id: str) -> str:
 
 
 STOP_SESSION_BODY = {"action": "stop"}
+STOP_BROWSER_BODY = {"action": "stop"}
 STOP_TASK_BODY = {"action": "stop"}
 STOP_TASK_AND_SESSION_BODY = {"action": "stop_task_and_session"}
 
@@ -115,6 +121,28 @@ def check_seconds(value: Any, parameter: str, *, maximum: float = MAX_SECONDS) -
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= maximum:
         raise ValueError(f"{parameter} must be a positive number of seconds, at most {maximum:,.0f}; got {value!r}")
     return float(value)
+
+
+#: The largest ``max_cost_usd`` accepted: a typo guard, far above any agent task.
+MAX_COST_USD = 100_000.0
+
+
+def check_cost_cap(value: Any, parameter: str) -> Decimal:
+    """Return a budget in USD that is finite, positive and at most :data:`MAX_COST_USD`.
+
+    :raises ValueError: naming ``parameter``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_COST_USD:
+        raise ValueError(f"{parameter} must be a positive amount in USD, at most {MAX_COST_USD:,.0f}; got {value!r}")
+    return Decimal(str(value))
+
+
+def over_budget(view: Mapping[str, Any], max_cost_usd: float | None) -> Decimal | None:
+    """The task's running ``cost`` when it has passed ``max_cost_usd``; None within it (or without a cap)."""
+    if max_cost_usd is None:
+        return None
+    cost = to_decimal(view.get("cost"))
+    return cost if cost > Decimal(str(max_cost_usd)) else None
 
 
 def check_count(value: Any, parameter: str, *, minimum: int = 1, maximum: int | None = None) -> int:
@@ -367,3 +395,31 @@ def request_body(fields: Mapping[str, Any], extra_fields: Mapping[str, Any] | No
     body = {camel_case(name): value for name, value in fields.items() if value is not None}
     body.update(extra_fields or {})
     return body
+
+
+# --- forgotten sessions ------------------------------------------------------------------------
+
+
+def started_by_the_provider(session_view: Mapping[str, Any]) -> bool:
+    """Whether one of the session's tasks carries the provider's tags (sessions carry none)."""
+    return any(TAG_DAG_ID in (task.get("metadata") or {}) for task in session_view.get("tasks") or [])
+
+
+def idle_seconds(session_view: Mapping[str, Any], now: float) -> float | None:
+    """Seconds since the session last did anything (started, or a task ended); None while a task runs."""
+    if running_task_id(session_view) is not None:
+        return None
+    moments = [parse_timestamp(session_view.get("startedAt"))]
+    moments += [parse_timestamp(task.get("finishedAt")) for task in session_view.get("tasks") or []]
+    known = [moment for moment in moments if moment is not None]
+    return now - max(known) if known else None
+
+
+def age_seconds(session_view: Mapping[str, Any], now: float) -> float | None:
+    started = parse_timestamp(session_view.get("startedAt"))
+    return None if started is None else now - started
+
+
+def browser_cost(browser_view: Mapping[str, Any]) -> Decimal:
+    """A bare browser's cost so far in USD: the browser plus its proxy."""
+    return to_decimal(browser_view.get("browserCost")) + to_decimal(browser_view.get("proxyCost"))

@@ -11,6 +11,10 @@
 4. Trigger scale: N TaskStatusTriggers in one event loop (poll every second, tasks ending over
    60 s): events, event-loop lag, CPU per 1,000 polls, memory per trigger and TCP connections;
    beside a baseline trigger that opens a client per poll, as most providers do.
+6. Money: the overshoot past ``max_cost_usd`` for a task whose cost climbs at a known rate
+   (bound: one poll interval's worth), and a 40-way mapped RunTaskOperator against a cap of 3
+   sessions under a real scheduler, with and without a pool sized to the cap: wall time beside
+   the ideal (tasks x duration / cap), 429s, successes, the peak of active sessions.
 5. Waits that cost no worker: deferred RunTaskOperators under a real scheduler and triggerer,
    ending in the triggerer, beside resuming on a worker (dbt Cloud's pattern): worker seconds,
    worker runs and the delay from the remote task's end to the Airflow task's end
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -358,8 +363,57 @@ ROWS = (
             "deferred_worker_end_delay_s",
             "resume on a worker",
         ),
+        ("Budget: overshoot past the cap (USD)", "budget_overshoot_usd", "budget_overshoot_bound_usd", "rate x poll"),
+        ("Fan-out: wall s, pooled", "fan_out_pooled_wall_s", "fan_out_ideal_s", "ideal: tasks x T / cap"),
+        ("Fan-out: wall s, unpooled", "fan_out_unpooled_wall_s", "fan_out_ideal_s", "ideal: tasks x T / cap"),
+        ("Fan-out: 429s answered", "fan_out_pooled_429s", "fan_out_unpooled_429s", "unpooled"),
+        ("Fan-out: tasks succeeded", "fan_out_pooled_succeeded", "fan_out_unpooled_succeeded", "unpooled"),
+        ("Fan-out: peak active sessions", "fan_out_pooled_peak_sessions", "fan_out_unpooled_peak_sessions", "unpooled"),
     ]
 )
+
+
+# --- 6. money: a budget's overshoot, a wide fan-out at the session cap ---------------------------
+
+
+def budget_overshoot(rate: float, cap: float, poll_interval: float) -> dict[str, Any]:
+    """A task whose cost climbs at ``rate`` USD/s, stopped at ``max_cost_usd=cap``: how far past it."""
+    from airflow_provider_browseruse._compat import AirflowFailException
+    from airflow_provider_browseruse.operators.browser_use import RunTaskOperator
+    from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
+
+    scenario = Scenario().add("budget", duration=600, start_delay=0, cost_per_second=str(rate))
+    ti = _TI()
+    with BrowserUseEmulator(KEY, scenario=scenario) as emulator:
+        os.environ["AIRFLOW_CONN_BROWSER_USE_DEFAULT"] = emulator.airflow_connection()
+        op = RunTaskOperator(task_id="run_task", task="budget", poll_interval=poll_interval, max_cost_usd=cap)
+        with contextlib.suppress(AirflowFailException):  # the failure is the point: it was stopped
+            op.execute({"ti": ti})  # type: ignore[arg-type]
+        [task] = emulator.state.tasks.values()
+        final = float(emulator.state.get_task(task.id)["cost"])
+    return {
+        "budget_cap_usd": cap,
+        "budget_overshoot_usd": round(final - cap, 4),
+        "budget_overshoot_bound_usd": round(rate * poll_interval, 4),
+    }
+
+
+def fan_out(tasks: int, cap: int, duration: float) -> dict[str, Any]:
+    """The mapped fan-out of tests/fan_out.py against a session cap, with and without a pool."""
+    sys.path.insert(0, str(ROOT))
+    from airflow_provider_browseruse.testing import BrowserUseEmulator
+    from tests.fan_out import fan_out_runs
+
+    with tempfile.TemporaryDirectory(prefix="bench-fan-out-") as home, BrowserUseEmulator(KEY) as emulator:
+        runs = fan_out_runs(Path(home), emulator, tasks=tasks, cap=cap, duration=duration, key=KEY)
+    figures: dict[str, Any] = {"fan_out_tasks": tasks, "fan_out_cap": cap, "fan_out_ideal_s": runs["ideal_seconds"]}
+    for name in ("pooled", "unpooled"):
+        run = runs[name]
+        figures[f"fan_out_{name}_wall_s"] = run["wall_seconds"]
+        figures[f"fan_out_{name}_429s"] = run["answered_429"]
+        figures[f"fan_out_{name}_succeeded"] = run["task_states"].get("success", 0)
+        figures[f"fan_out_{name}_peak_sessions"] = run["peak_active_sessions"]
+    return figures
 
 
 # --- 5. waits that cost no worker --------------------------------------------------------------
@@ -408,6 +462,8 @@ def main() -> int:
         ("polling economy", lambda: polling_economy(3.0, 0.5)),
         ("trigger scale", lambda: trigger_scale(200 if args.quick else 1000, 15.0 if args.quick else 60.0)),
         ("deferred finish", lambda: deferred_finish(2 if args.quick else 4)),
+        ("budget overshoot", lambda: budget_overshoot(0.5, 1.0, 1.0)),
+        ("fan-out at the session cap", lambda: fan_out(10 if args.quick else 40, 3, 1.0)),
     ]
     for name, step in steps:
         print(f"... {name}", file=sys.stderr, flush=True)

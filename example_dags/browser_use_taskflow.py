@@ -2,8 +2,9 @@
 
 The decorated function returns the prompt; the task returns the agent's output, here validated
 against a pydantic model (named by the return annotation) and handed on as a dict. Each mapped
-instance is labelled in the UI by its prompt. Without ``session_id`` every URL gets a one-off
-session that closes when its task ends, so nothing is left running.
+instance is labelled in the UI by its prompt, runs in the ``browser_use`` pool sized to the
+account's session cap, and is stopped if it costs more than $0.50. Without ``session_id``
+every URL gets a one-off session that closes when its task ends, so nothing is left running.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ class Shelf(BaseModel):
 
 @dag(schedule=None, catchup=False, default_args={"retries": 0}, tags=["browser_use", "example"], doc_md=__doc__)
 def browser_use_taskflow() -> None:
-    @task.browser_use(poll_interval=1, timeout=600, max_steps=15)
+    # The pool holds as many slots as the account may run sessions (README: "Fan-out at the
+    # session cap"): the mapped instances queue in Airflow instead of on the API's 429s.
+    @task.browser_use(poll_interval=1, timeout=600, max_steps=15, max_cost_usd=0.50, pool="browser_use")
     def read_shelf(url: str) -> Shelf:
         return f"Open {url}. Give the category name, how many books it lists and the cheapest price in GBP."
 

@@ -205,8 +205,8 @@ MUTANTS = [
         "triggerer ends a failure",
         "only a task that ended well ends in the triggerer",
         "triggers/browser_use.py",
-        "            if _wire.task_failure(task, self.success_policy) is not None:\n                return None\n",
-        "",
+        "        if _wire.task_failure(task, self.success_policy) is not None:\n            return None  # the worker",
+        "        if False:\n            return None  # the worker",
         ("tests/test_triggers.py::test_anything_but_a_success_goes_back_to_a_worker",),
     ),
     Mutant(
@@ -216,6 +216,30 @@ MUTANTS = [
         "            and not self.outlets\n",
         "",
         ("tests/test_triggers.py::test_the_operator_ends_in_the_triggerer_only_when_no_worker_is_needed",),
+    ),
+    Mutant(
+        "budget ignored",
+        "a task past max_cost_usd is stopped",
+        "_wire.py",
+        "    return cost if cost > Decimal(str(max_cost_usd)) else None",
+        "    return None",
+        ("tests/test_cost_control.py::test_a_task_past_its_budget_is_stopped_and_fails",),
+    ),
+    Mutant(
+        "sweeper stops busy sessions",
+        "the sweeper never stops a session with a running task unless asked",
+        "operators/browser_use.py",
+        "        if _wire.running_task_id(view) is not None and not self.include_running:",
+        "        if False:",
+        ("tests/test_sweeper.py::test_it_stops_only_the_providers_idle_sessions_past_their_limits",),
+    ),
+    Mutant(
+        "429 fails at once",
+        "a create at the session cap waits for a free slot",
+        "operators/browser_use.py",
+        "                if error.http_status == 429:",
+        "                if False:",
+        ("tests/test_cost_control.py::test_a_create_at_the_session_cap_waits_for_a_free_slot",),
     ),
 ]
 

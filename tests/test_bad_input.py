@@ -55,6 +55,11 @@ PARSE_TIME: list[tuple[str, Callable[[], Any], str]] = [
     ("max_download_bytes", lambda: BrowserUseHook(max_download_bytes=0), "max_download_bytes must be a positive whole number"),
     ("max_total", lambda: RetryPolicy(max_total=float("nan")), "max_total must be a finite number of seconds"),
     ("timeout", lambda: TaskCompletedSensor(task_id="x", browser_use_task_id="{{ t }}", timeout=10**10), "timeout must be a positive number of seconds, at most 31,536,000"),
+    ("max_cost_usd", lambda: RunTaskOperator(task_id="x", task="t", max_cost_usd=0), "max_cost_usd must be a positive amount in USD"),
+    ("max_cost_usd", lambda: RunTaskOperator(task_id="x", task="t", max_cost_usd=float("nan")), "max_cost_usd must be a positive amount in USD"),
+    ("max_cost_usd", lambda: RunTaskOperator(task_id="x", task="t", max_cost_usd="1.50"), "max_cost_usd must be a positive amount in USD, at most 100,000; got '1.50'"),
+    ("max_cost_usd", lambda: TaskCompletedSensor(task_id="x", browser_use_task_id="{{ t }}", max_cost_usd=True), "max_cost_usd must be a positive amount"),
+    ("timeout", lambda: CreateSessionOperator(task_id="x", timeout=-5), "timeout must be a positive number of seconds"),
 ]  # fmt: skip
 
 

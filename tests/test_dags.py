@@ -252,3 +252,19 @@ def test_dag_run_result_reads_xcoms_of_plain_and_mapped_tasks() -> None:
         result.xcom("plain", "output_files")
     with pytest.raises(KeyError, match="ghost pushed no XCom 'return_value' \\(it pushed: nothing\\)"):
         result.xcom("ghost")
+
+
+def test_sweeper_stops_a_forgotten_session(dagbag: Any, emulator: BrowserUseEmulator) -> None:
+    forgotten = emulator.state.create_session({"keepAlive": True})["id"]
+    emulator.state.create_task({"task": "job", "sessionId": forgotten, "metadata": {"airflow_dag_id": "scrape"}})
+    emulator.state.sessions[forgotten].created -= 7200
+    for task in emulator.state.tasks.values():
+        task.created -= 7200  # it ended two hours ago
+    watched = emulator.state.create_session({"keepAlive": True})["id"]  # not the provider's: left alone
+    dag_run, states, xcom = run_dag(dagbag, "browser_use_sweeper")
+    assert str(dag_run.state) == "success", states
+    [entry] = xcom[("stop_forgotten_sessions", "return_value")]
+    assert entry["session_id"] == forgotten and entry["reason"].startswith("idle for")
+    assert emulator.state.get_session(forgotten)["status"] == "stopped"
+    assert emulator.state.get_session(watched)["status"] == "active"
+    emulator.state.stop_session(watched)

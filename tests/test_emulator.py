@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -327,6 +328,8 @@ def test_admin_api(emulator: BrowserUseEmulator) -> None:
         "activeSessionCount": 0,
         "sessionCount": 0,
         "taskCount": 0,
+        "peakActiveSessions": 0,
+        "refusedAtCap": 0,
     }
     logged = requests.get(f"{admin}/requests", timeout=5).json()
     assert {"method": "POST", "path": "/sessions", "status": 500} in [
@@ -431,6 +434,11 @@ def test_every_answer_matches_the_openapi_spec(api: Client, emulator: BrowserUse
     api("GET", f"/tasks/{UNKNOWN}")  # 404
     api("POST", "/tasks", json={"task": ""})  # 422
     api("GET", "/sessions/not-a-uuid")  # 422
+    bid = api("POST", "/browsers", json={"timeout": 30}).json()["id"]
+    api("GET", "/browsers", params={"filterBy": "active"})
+    api("GET", f"/browsers/{bid}")
+    api("PATCH", f"/browsers/{bid}", json={"action": "stop"})
+    api("GET", f"/browsers/{UNKNOWN}")  # 404
     emulator.state.max_concurrent_sessions = 0
     api("POST", "/sessions", json={})  # 429
     api("DELETE", f"/sessions/{sid}")
@@ -452,7 +460,7 @@ def test_every_answer_matches_the_openapi_spec(api: Client, emulator: BrowserUse
         validator = jsonschema.Draft202012Validator(wrapped, registry=registry)
         errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(body)]
         assert errors == [], f"{method} {path} {answer.status_code}: {errors}"
-    assert len(checked) == 22  # distinct (method, route, status) answers checked
+    assert len(checked) == 27  # distinct (method, route, status) answers checked
     broken = jsonschema.Draft202012Validator({"$ref": "urn:spec#/components/schemas/SessionView"}, registry=registry)
     assert not broken.is_valid({"id": "x", "status": "paused", "startedAt": "t", "tasks": [{}]})  # the check can fail
 
@@ -529,3 +537,26 @@ def test_only_callers_naming_a_loopback_host_are_answered(
     else:
         assert (admin.status_code, api.status_code) == (421, 421)
         assert "loopback" in api.json()["detail"]
+
+
+def test_the_cap_is_counted_and_the_cost_can_climb_at_a_rate(emulator: BrowserUseEmulator) -> None:
+    state = emulator.state
+    state.max_concurrent_sessions = 2
+    first = state.create_session({"keepAlive": True})["id"]
+    state.create_session({"keepAlive": True})
+    with pytest.raises(Exception, match="concurrent"):
+        state.create_session({"keepAlive": True})
+    assert (state.peak_active_sessions, state.refused_at_cap) == (2, 1)
+    assert state.account()["concurrentSessionLimit"] == 2
+    state.max_concurrent_sessions = None
+    assert state.account()["concurrentSessionLimit"] == 250  # an integer even uncapped
+    state.stop_session(first)
+
+    state.scenario = Scenario().add("metered", duration=60, start_delay=0, cost_per_second="0.10")
+    task_id = state.create_task({"task": "metered"})["id"]
+    time.sleep(0.5)
+    assert Decimal("0.04") <= Decimal(state.task_status_view(task_id)["cost"]) <= Decimal("0.07")
+    state.stop_task(task_id, and_session=True)
+    stopped_cost = state.get_task(task_id)["cost"]
+    time.sleep(0.2)
+    assert state.get_task(task_id)["cost"] == stopped_cost  # a stopped task costs no more

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
+from airflow.triggers.base import BaseTaskEndEvent
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from airflow_provider_browseruse._compat import AirflowException
@@ -85,7 +86,8 @@ RESULTS: list[dict[str, Any]] = []
 
 
 def run_op(op: Any, ti: FakeTaskInstance) -> Any:
-    """Execute; when it defers, run its trigger inline (as the triggerer would) and resume."""
+    """Execute; when it defers, run its trigger inline and resume, as Airflow would: a task the
+    trigger ended (a TaskSuccessEvent) is done there, with its XComs, and not resumed."""
     import asyncio
 
     context: dict[str, Any] = {"ti": ti}
@@ -102,9 +104,14 @@ def run_op(op: Any, ti: FakeTaskInstance) -> Any:
 
         async def first() -> Any:
             async for event in trigger.run():
-                return event.payload
+                return event
 
-        return getattr(op, method_name)(context, asyncio.run(first()))
+        event = asyncio.run(first())
+        if isinstance(event, BaseTaskEndEvent):
+            for key, value in (event.xcoms or {}).items():
+                ti.xcom_push(key=key, value=value)
+            return ti.xcom.get("return_value")
+        return getattr(op, method_name)(context, event.payload)
 
 
 @contextlib.contextmanager

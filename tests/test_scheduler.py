@@ -14,6 +14,7 @@ import requests
 
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
 from tests.conftest import ROOT
+from tests.fan_out import fan_out_runs
 from tests.local_airflow import Airflow, local_airflow
 
 pytestmark = pytest.mark.scheduler
@@ -225,3 +226,21 @@ def test_mapped_deferred_instances_finish_in_the_triggerer_or_on_a_worker(
     assert returned == set(ids) and len(ids) == 6
     assert emulator.count("POST", "/tasks") == 6
     assert emulator.active_session_count() == 0
+
+
+def test_a_wide_fan_out_never_fails_on_the_session_cap(
+    tmp_path: Path, browser_use_emulator: BrowserUseEmulator
+) -> None:
+    """40 mapped RunTaskOperators, a cap of 3 sessions, parallelism 8: with a pool sized to the cap
+    (one command, from the account's concurrentSessionLimit), and without one (429s waited out)."""
+    figures = fan_out_runs(tmp_path, browser_use_emulator, tasks=40, cap=3, duration=1.0, key=API_KEY)
+    print(json.dumps(figures, indent=1))  # wall times and 429s, for the log
+    assert figures["pool_slots"] == 3
+    for name in ("pooled", "unpooled"):
+        run = figures[name]
+        assert run["run_state"] == "success", figures
+        assert run["task_states"] == {"success": 40}, figures
+        assert run["peak_active_sessions"] == 3  # the cap was used, and never passed
+        assert run["tasks_created"] == 40 and run["most_tasks_for_one_prompt"] == 1  # none twice
+        assert run["active_sessions_after"] == 0
+    assert figures["unpooled"]["answered_429"] > 0  # without the pool the cap was hit, and waited out

@@ -44,7 +44,7 @@ def test_task_trigger_serializes_without_the_key(emulator: BrowserUseEmulator) -
     assert kwargs == {
         "browser_use_task_id": UNKNOWN, "browser_use_conn_id": "browser_use_default", "poll_interval": 0.5,
         "end_time": 123.0, "stop_on_give_up": True, "owns_session": True, "end_from_trigger": False,
-        "success_policy": "agent", "output_schema": None, "push_output": True,
+        "success_policy": "agent", "output_schema": None, "push_output": True, "max_cost_usd": None,
     }  # fmt: skip
     assert roundtrip(trigger).serialize() == (path, kwargs)
     assert emulator.state.api_key not in json.dumps(kwargs)
@@ -334,6 +334,7 @@ def test_a_task_that_ends_well_ends_in_the_triggerer_with_its_xcoms(
     event = end_event(ending_trigger(task_id, **kwargs))
     assert isinstance(event, TaskSuccessEvent)
     assert event.xcoms["return_value"] == output
+    assert event.xcoms["cost_usd"] == 0.02
     assert event.xcoms["task"]["id"] == task_id and event.xcoms["task"]["status"] == "finished"
     assert "steps" not in event.xcoms["task"]
     assert json.loads(json.dumps(event.xcoms)) == event.xcoms  # stored by the triggerer as JSON
@@ -344,7 +345,7 @@ def test_without_xcom_push_the_output_is_not_pushed(emulator: BrowserUseEmulator
     emulator.state.scenario = Scenario().add("job", duration=0.1, output="fine")
     task_id = emulator.state.create_task({"task": "job"})["id"]
     event = end_event(ending_trigger(task_id, push_output=False))
-    assert set(event.xcoms) == {"task"}
+    assert set(event.xcoms) == {"task", "cost_usd"}
 
 
 @pytest.mark.parametrize(
@@ -355,7 +356,6 @@ def test_without_xcom_push_the_output_is_not_pushed(emulator: BrowserUseEmulator
         pytest.param({"is_success": False}, {}, None, id="agent-says-no"),
         pytest.param({"judge_verdict": False}, {"success_policy": "judge"}, None, id="judge-says-no"),
         pytest.param({"output": '{"n": "three"}'}, {"output_schema": SCHEMA}, None, id="output-does-not-parse"),
-        pytest.param({"output": "fine"}, {}, 404, id="final-fetch-fails"),
     ],
 )
 def test_anything_but_a_success_goes_back_to_a_worker(
@@ -369,6 +369,15 @@ def test_anything_but_a_success_goes_back_to_a_worker(
     assert type(event).__name__ == "TriggerEvent"
     assert event.payload["event"] == "ended"
     assert event.payload["task_status"] == script.get("status", "finished")
+
+
+def test_a_failed_final_fetch_is_the_waits_error(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("job", duration=0.1, output="fine")
+    task_id = emulator.state.create_task({"task": "job"})["id"]
+    emulator.add_fault(method="GET", path=f"/tasks/{task_id}$", status=404, times=1)
+    event = end_event(ending_trigger(task_id))
+    assert event.payload["event"] == "error" and event.payload["http_status"] == 404
+    assert emulator.count("GET", f"/tasks/{task_id}") == 1  # a final answer is not asked again
 
 
 def test_the_operator_ends_in_the_triggerer_only_when_no_worker_is_needed(tmp_path: Any) -> None:

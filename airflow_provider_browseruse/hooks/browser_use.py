@@ -602,6 +602,12 @@ class BrowserUseHook(BaseHook):
             raise api_error(call, self.browser_use_conn_id, http_status=200, kind="malformed", reason=reason)
         return answer
 
+    def _list_by_status(self, call: str, path: str, status: str | _wire.SessionStatus | None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"pageSize": _wire.MAX_PAGE_SIZE}
+        if status is not None:
+            params["filterBy"] = _wire.SessionStatus(status).value  # ValueError for an unknown one
+        return self._list_all(call, path, params)
+
     def _list_all(self, call: str, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         for page_number in range(1, MAX_LIST_PAGES + 1):
@@ -630,6 +636,17 @@ class BrowserUseHook(BaseHook):
         :raises BrowserUseAPIError: the call failed; 401 names the connection to fix.
         """
         return self._call_for_dict("get_account", "GET", _wire.ACCOUNT_PATH)
+
+    def concurrent_session_limit(self) -> int | None:
+        """Return how many sessions the account may have active at once (``concurrentSessionLimit``).
+
+        Size an Airflow pool to it so that fanned-out tasks queue in Airflow, not on 429s.
+
+        :return: the limit, or None when the server does not say (older servers).
+        :raises BrowserUseAPIError: the account could not be read.
+        """
+        limit = self.get_account().get("concurrentSessionLimit")
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the key with the side-effect-free account call, for ``airflow connections test``.
@@ -695,10 +712,30 @@ class BrowserUseHook(BaseHook):
         :raises ValueError: an unknown ``status``.
         :raises BrowserUseAPIError: a page could not be read.
         """
-        params: dict[str, Any] = {"pageSize": _wire.MAX_PAGE_SIZE}
-        if status is not None:
-            params["filterBy"] = _wire.SessionStatus(status).value
-        return self._list_all("list_sessions", _wire.SESSIONS_PATH, params)
+        return self._list_by_status("list_sessions", _wire.SESSIONS_PATH, status)
+
+    def list_browsers(self, status: str | _wire.SessionStatus | None = None) -> list[dict[str, Any]]:
+        """Return every bare browser session (``GET /browsers``), following all pages.
+
+        :param status: only browsers with this status (``active`` or ``stopped``).
+        :return: the BrowserSessionItemViews (``agentSessionId`` names an agent session's own browser).
+        :raises ValueError: an unknown ``status``.
+        :raises BrowserUseAPIError: a page could not be read.
+        """
+        return self._list_by_status("list_browsers", _wire.BROWSERS_PATH, status)
+
+    def stop_browser(self, browser_id: str) -> dict[str, Any]:
+        """Stop a bare browser session (``PATCH /browsers/{id}`` with ``stop``).
+
+        :param browser_id: the browser session's id (a UUID).
+        :return: the BrowserSessionView after the stop.
+        :raises ValueError: ``browser_id`` is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown browser.
+        """
+        browser_id = _wire.require_uuid(browser_id, "browser_id")
+        return self._call_for_dict(
+            f"stop_browser({browser_id})", "PATCH", _wire.browser_path(browser_id), json=_wire.STOP_BROWSER_BODY
+        )
 
     def session_ui_url(self, session_id: str) -> str:
         """Return the session's page in the Browser Use web app (needs a login; grants nothing).

@@ -4,6 +4,7 @@ from airflow_provider_browseruse.operators.browser_use import (
     BrowserUseBaseOperator,
     CreateSessionOperator,
     RunTaskOperator,
+    StopIdleSessionsOperator,
     StopSessionOperator,
     StopTaskOperator,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "BrowserUseBaseOperator",
     "CreateSessionOperator",
     "RunTaskOperator",
+    "StopIdleSessionsOperator",
     "StopSessionOperator",
     "StopTaskOperator",
 ]

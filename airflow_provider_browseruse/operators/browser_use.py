@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -171,6 +172,8 @@ class CreateSessionOperator(BrowserUseBaseOperator):
     :param browser_screen_width: screen width in pixels (320 to 6144).
     :param browser_screen_height: screen height in pixels (320 to 3456).
     :param extra_fields: further CreateSessionRequest fields, with the API's names, sent as given.
+    :param timeout: seconds to keep asking while the account's concurrent-session cap is full
+        (429: nothing was created, so asking again is safe).
     """
 
     template_fields: Sequence[str] = ("profile_id", "start_url")
@@ -188,10 +191,13 @@ class CreateSessionOperator(BrowserUseBaseOperator):
         browser_screen_width: int | None = None,
         browser_screen_height: int | None = None,
         extra_fields: Mapping[str, Any] | None = None,
+        timeout: float = 3600.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         _common.check_id_if_known(profile_id, "profile_id")
+        _wire.check_seconds(timeout, "timeout")
+        self.timeout = timeout
         if browser_screen_width is not None:
             _wire.check_count(browser_screen_width, "browser_screen_width", minimum=320, maximum=6144)
         if browser_screen_height is not None:
@@ -220,11 +226,24 @@ class CreateSessionOperator(BrowserUseBaseOperator):
             },
             self.extra_fields,
         )
-        session = self._create(body)
+        session = self._create_when_slot_free(body)
         session_id = str(session["id"])
         _common.push_session(context["ti"], self.hook, session_id)
         self.log.info("Started Browser Use session %s (keepAlive %s).", session_id, session.get("keepAlive"))
         return session_id
+
+    def _create_when_slot_free(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        refusals = 0
+        while True:
+            try:
+                return self._create(body)
+            except BrowserUseAPIError as error:
+                if error.http_status != 429:
+                    raise
+                refusals += 1
+                waited = time.monotonic() - started
+                time.sleep(_common.session_cap_pause(error, refusals, waited, self.timeout - waited, self.log))
 
     def _create(self, body: Mapping[str, Any]) -> dict[str, Any]:
         asked_at = time.time()
@@ -307,6 +326,10 @@ class RunTaskOperator(BrowserUseBaseOperator):
         user's kill of the deferred task stops the remote work on Airflow 3.3+ (the trigger's
         ``on_kill``); the trigger's own deadline (``timeout`` or ``execution_timeout``) lets the
         operator stop the remote task before failing.
+    :param max_cost_usd: a budget for the task, in USD: the running ``cost`` each status poll
+        returns is checked against it, and once past it the task is stopped (with its one-off
+        session) and the Airflow task fails without retries, naming the cost and the cap. The
+        overshoot is at most what the task spends in one ``poll_interval``.
     :param end_from_trigger: when deferred, let a task that ends well finish in the triggerer,
         pushing the same XComs, with no worker (default True). Failures always come back to a
         worker, and so does a task with ``output_files_path``, ``outlets`` or a pydantic
@@ -342,6 +365,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
         output_files_path: Any = None,
         deferrable: bool | None = None,
         end_from_trigger: bool = True,
+        max_cost_usd: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -367,6 +391,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
         self.output_files_path = output_files_path
         self.deferrable = _common.default_deferrable() if deferrable is None else deferrable
         self.end_from_trigger = end_from_trigger
+        self.max_cost_usd = max_cost_usd
         self._check_parameters()
         #: The remote task this operator waits for, to stop if it gives up; None when there is none.
         self._waited_task_id: str | None = None
@@ -398,6 +423,8 @@ class RunTaskOperator(BrowserUseBaseOperator):
             )
         if self.max_steps is not None:
             _wire.check_count(self.max_steps, "max_steps")
+        if self.max_cost_usd is not None:
+            _wire.check_cost_cap(self.max_cost_usd, "max_cost_usd")
         if self.session_settings is not None and self.session_id is not None:
             raise ValueError(
                 "session_settings applies only to the one-off session a task starts without session_id; "
@@ -484,7 +511,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
             self._defer_unless_ended(context, task_id)
         else:
             try:
-                self._wait(task_id)
+                self._wait(context, task_id)
             except BaseException:
                 self._stop_remote_work("the wait ended in an error")
                 raise
@@ -512,6 +539,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
                 success_policy=self.success_policy.value,
                 output_schema=_common.schema_of(self.structured_output),
                 push_output=self.do_xcom_push,
+                max_cost_usd=self.max_cost_usd,
             ),
             method_name="execute_complete",
         )
@@ -547,7 +575,17 @@ class RunTaskOperator(BrowserUseBaseOperator):
         if event["event"] == "error":
             self._stop_remote_work("waiting for it failed")
             raise AirflowException(f"Waiting for Browser Use task {task_id} failed: {event.get('message')}")
+        if event["event"] == "over_budget":
+            self._stop_over_budget(context, task_id, _wire.to_decimal(event.get("cost")))
         return self._finish(context, task_id)
+
+    def _stop_over_budget(self, context: Context, task_id: str, cost: Any) -> None:
+        """Stop the task (and a one-off session) that passed ``max_cost_usd``, and fail for good."""
+        assert self.max_cost_usd is not None
+        self._waited_task_id = task_id
+        self._stop_remote_work(f"its cost ${cost} passed max_cost_usd={self.max_cost_usd}")
+        _common.push_cost(context["ti"], cost)
+        raise _common.over_budget_failure(task_id, cost, self.max_cost_usd)
 
     def _finish(self, context: Context, task_id: str) -> Any:
         self._waited_task_id = None  # it has ended: nothing left to stop
@@ -585,17 +623,26 @@ class RunTaskOperator(BrowserUseBaseOperator):
         return created
 
     def _create_when_session_free(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Create the task; while its session runs another task (a sibling mapped task, say), wait.
+        """Create the task; while its session runs another task (a sibling mapped task, say), or
+        the account's session cap is full (429), wait.
 
-        The API refuses a second running task in one session, and creates nothing then, so
-        asking again once the session is free can never start a duplicate. Bounded by ``timeout``.
+        The API refuses a second running task in one session, and a session past the cap, and
+        creates nothing then, so asking again later can never start a duplicate. Bounded by
+        ``timeout``.
         """
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = started + self.timeout
         progress: _common.Progress | None = None
+        refusals = 0
         while True:
             try:
                 return self._create(body)
             except BrowserUseAPIError as error:
+                if error.http_status == 429:
+                    refusals += 1
+                    now = time.monotonic()
+                    time.sleep(_common.session_cap_pause(error, refusals, now - started, deadline - now, self.log))
+                    continue
                 if not _wire.is_session_busy(error.http_status, error.detail):
                     if error.http_status in (400, 404, 422):
                         raise AirflowFailException(str(error)) from error
@@ -650,7 +697,7 @@ class RunTaskOperator(BrowserUseBaseOperator):
         )
         return task
 
-    def _wait(self, task_id: str) -> None:
+    def _wait(self, context: Context, task_id: str) -> None:
         """Poll until the task ends; log each status once and, every few minutes, its progress."""
         deadline = time.monotonic() + self.timeout
         progress, last_status = _common.Progress(), None
@@ -660,6 +707,9 @@ class RunTaskOperator(BrowserUseBaseOperator):
             status = _wire.task_status(view)
             if status in _wire.TASK_TERMINAL_STATUSES:
                 return
+            cost = _wire.over_budget(view, self.max_cost_usd)
+            if cost is not None:
+                self._stop_over_budget(context, task_id, cost)
             if view.get("status") != last_status:
                 last_status = view.get("status")
                 if status is None:
@@ -726,5 +776,152 @@ class StopTaskOperator(BrowserUseBaseOperator):
             self.log.info("Task %s does not exist: nothing to stop.", task_id)
             return None
         _common.push_session(context["ti"], self.hook, str(task["sessionId"]))
-        self.log.info("Browser Use task %s is %s.", task_id, task.get("status"))
+        _common.push_cost(context["ti"], _wire.to_decimal(task.get("cost")))
+        self.log.info(
+            "Browser Use task %s is %s (cost $%s).", task_id, task.get("status"), _wire.to_decimal(task.get("cost"))
+        )
         return _wire.task_without_steps(task)
+
+
+class StopIdleSessionsOperator(BrowserUseBaseOperator):
+    """Stop forgotten sessions: browsers that bill while nobody watches them.
+
+    A worker killed hard runs no ``on_kill``, a DAG may lack a teardown, a session may be made by
+    hand: schedule this (hourly, say) as a safety net. It lists the active sessions and stops each
+    one that is idle (no running task) for longer than ``max_idle``, or older than ``max_age``.
+
+    By default only sessions the provider started are touched: those with a task tagged with the
+    provider's ``airflow_*`` metadata (sessions themselves carry no tags, so a session from
+    ``CreateSessionOperator`` that never ran a task is not recognised: ``include_all=True``
+    covers it, and every other session of the account). A session with a running task is never
+    stopped unless ``include_running=True``.
+
+    Bare browsers of ``/browsers`` (reached over CDP; the provider starts none, and their
+    idleness cannot be seen) are stopped only with ``include_all`` and past ``max_age``; an
+    agent session's own browser goes with its session.
+
+    Returns, and logs, one entry per session or browser stopped (or, with ``dry_run``, that
+    would be): ``kind`` (``session`` or ``browser``), ``session_id`` or ``browser_id``,
+    ``age_seconds``, ``cost_usd`` (what it has cost so far) and ``reason``; for sessions also
+    ``idle_seconds`` and ``running_task_id``. Pushes their total cost as ``cost_usd``.
+
+    :param max_idle: seconds (or a timedelta) a session may sit idle.
+    :param max_age: seconds (or a timedelta) a session may live; None for no limit.
+    :param include_all: also sessions the provider did not start.
+    :param include_running: also sessions running a task (their task is stopped with them).
+    :param dry_run: only report.
+    """
+
+    ui_color = "#fff3e0"
+
+    def __init__(
+        self,
+        *,
+        max_idle: float | timedelta = 1800.0,
+        max_age: float | timedelta | None = None,
+        include_all: bool = False,
+        include_running: bool = False,
+        dry_run: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.max_idle = _wire.check_seconds(_common.as_seconds(max_idle), "max_idle")
+        self.max_age = None if max_age is None else _wire.check_seconds(_common.as_seconds(max_age), "max_age")
+        self.include_all = include_all
+        self.include_running = include_running
+        # Not ``self.dry_run``: that name is BaseOperator's own method.
+        self.report_only = dry_run
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        now = time.time()
+        found = []
+        for item in self.hook.list_sessions(status=_wire.SessionStatus.ACTIVE):
+            try:
+                view = self.hook.get_session(str(item["id"]))
+            except BrowserUseAPIError as error:
+                if error.is_not_found:
+                    continue  # gone since it was listed
+                raise
+            why = self._reason_to_stop(view, now)
+            if why is not None:
+                found.append(self._stop(view, now, why))
+        if self.include_all and self.max_age is not None:
+            found += self._stop_old_browsers(now)
+        what = "would stop" if self.report_only else "stopped"
+        total = sum((_wire.to_decimal(entry["cost_usd"]) for entry in found), _wire.to_decimal(0))
+        self.log.info(
+            "%s %d forgotten session(s) and browser(s); together they had cost $%s.",
+            what.capitalize(),
+            len(found),
+            total,
+        )
+        _common.push_cost(context["ti"], total)
+        return found
+
+    def _stop_old_browsers(self, now: float) -> list[dict[str, Any]]:
+        """Bare browsers (``/browsers``) past ``max_age``: the provider starts none, and their
+        idleness cannot be seen, so only ``include_all`` with ``max_age`` touches them. An agent
+        session's own browser is left to that session's rules."""
+        assert self.max_age is not None
+        found = []
+        for view in self.hook.list_browsers(status=_wire.SessionStatus.ACTIVE):
+            age = _wire.age_seconds(view, now)
+            if view.get("agentSessionId") or age is None or age <= self.max_age:
+                continue
+            browser_id, cost = str(view["id"]), _wire.browser_cost(view)
+            why = f"{age:.0f} s old (max_age {self.max_age:.0f} s)"
+            self._stop_unless_reporting(self.hook.stop_browser, browser_id)
+            verb = "Would stop" if self.report_only else "Stopped"
+            self.log.warning("%s browser %s: %s; it had cost $%s.", verb, browser_id, why, cost)
+            found.append(
+                {
+                    "kind": "browser",
+                    "browser_id": browser_id,
+                    "age_seconds": round(age, 1),
+                    "cost_usd": float(cost),
+                    "reason": why,
+                }
+            )
+        return found
+
+    def _stop_unless_reporting(self, stop: Callable[[str], Any], remote_id: str) -> None:
+        if self.report_only:
+            return
+        try:
+            stop(remote_id)
+        except BrowserUseAPIError as error:
+            if not error.is_not_found:  # gone since it was listed: nothing left to stop
+                raise
+
+    def _reason_to_stop(self, view: Mapping[str, Any], now: float) -> str | None:
+        if not self.include_all and not _wire.started_by_the_provider(view):
+            return None
+        if _wire.running_task_id(view) is not None and not self.include_running:
+            return None
+        idle, age = _wire.idle_seconds(view, now), _wire.age_seconds(view, now)
+        if idle is not None and idle > self.max_idle:
+            return f"idle for {idle:.0f} s (max_idle {self.max_idle:.0f} s)"
+        if self.max_age is not None and age is not None and age > self.max_age:
+            return f"{age:.0f} s old (max_age {self.max_age:.0f} s)"
+        return None
+
+    def _stop(self, view: Mapping[str, Any], now: float, why: str) -> dict[str, Any]:
+        session_id = str(view["id"])
+        entry = {
+            "kind": "session",
+            "session_id": session_id,
+            "age_seconds": round(_wire.age_seconds(view, now) or 0.0, 1),
+            "idle_seconds": None if (idle := _wire.idle_seconds(view, now)) is None else round(idle, 1),
+            "cost_usd": float(_wire.session_cost(view)),
+            "running_task_id": _wire.running_task_id(view),
+            "reason": why,
+        }
+        self._stop_unless_reporting(self.hook.stop_session, session_id)
+        self.log.warning(
+            "%s session %s: %s; it had cost $%s.",
+            "Would stop" if self.report_only else "Stopped",
+            session_id,
+            why,
+            _wire.session_cost(view),
+        )
+        return entry

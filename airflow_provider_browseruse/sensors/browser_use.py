@@ -157,6 +157,8 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
     :param success_policy: ``agent`` (default), ``judge`` or ``lenient``.
     :param structured_output: the task's JSON Schema dict or pydantic model, to parse the output.
     :param output_files_path: where to save the task's output files (templated).
+    :param max_cost_usd: a budget in USD: a task still running past it is stopped, and the sensor
+        fails without retries, naming the cost and the cap.
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     """
 
@@ -171,11 +173,15 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
         success_policy: str | _wire.SuccessPolicy = _wire.SuccessPolicy.AGENT,
         structured_output: Any = None,
         output_files_path: Any = None,
+        max_cost_usd: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         _common.check_id_if_known(browser_use_task_id, "browser_use_task_id")
         _common.schema_of(structured_output)
+        if max_cost_usd is not None:
+            _wire.check_cost_cap(max_cost_usd, "max_cost_usd")
+        self.max_cost_usd = max_cost_usd
         self.browser_use_task_id = browser_use_task_id
         self.success_policy = _wire.success_policy(success_policy)
         self.structured_output = structured_output
@@ -189,14 +195,25 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
             browser_use_conn_id=self.browser_use_conn_id,
             poll_interval=float(self.poke_interval),
             end_time=end_time,
+            max_cost_usd=self.max_cost_usd,
         )
 
     def checked_event(self, event: Any) -> dict[str, Any]:
         return _common.task_event(event, self.watched_id)
 
+    def execute_complete(self, context: Context, event: Any) -> Any:
+        """Resume after the deferred wait; a task past its budget is stopped and fails the sensor."""
+        checked = self.checked_event(event)
+        if checked["event"] == "over_budget":
+            self._stop_over_budget(context, _wire.to_decimal(checked.get("cost")))
+        return super().execute_complete(context, event)
+
     def poke(self, context: Context) -> PokeReturnValue:
         view = self.read_watched(self.hook.get_task_status)
         if _wire.task_status(view) not in _wire.TASK_TERMINAL_STATUSES:
+            cost = _wire.over_budget(view, self.max_cost_usd)
+            if cost is not None:
+                self._stop_over_budget(context, cost)
             self.log.info("Task %s is %s.", self.watched_id, view.get("status"))
             return PokeReturnValue(is_done=False)
         context["ti"].xcom_push(key=_common.BROWSER_USE_TASK_ID_KEY, value=self.watched_id)
@@ -211,3 +228,14 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
         )
         _common.annotate_outlets(context, self.outlets, finished, self.log)
         return PokeReturnValue(is_done=True, xcom_value=finished.output)
+
+    def _stop_over_budget(self, context: Context, cost: Any) -> None:
+        assert self.max_cost_usd is not None
+        try:
+            self.hook.stop_task(self.watched_id)  # a one-off session closes with its task
+        except Exception as error:
+            self.log.error("Could not stop Browser Use task %s (%s): stop it by hand.", self.watched_id, error)
+        else:
+            self.log.warning("Stopped Browser Use task %s: its cost $%s passed max_cost_usd.", self.watched_id, cost)
+        _common.push_cost(context["ti"], cost)
+        raise _common.over_budget_failure(self.watched_id, cost, self.max_cost_usd)

@@ -24,6 +24,8 @@ TOO_MANY_SESSIONS = (
     "Too many concurrent active sessions. Please wait for one to finish, kill one, or upgrade your plan."
 )
 SESSION_STOPPED = "Browser session is stopped. Please start a new session and try again."
+#: ``concurrentSessionLimit`` when no cap is set (an integer all the same: the vendor's SDK needs one).
+UNCAPPED_SESSION_LIMIT = 250
 SESSION_BUSY = "Agent session already has a running task. Please wait for it to finish or stop it manually."
 RUNNING = ("created", "started")
 
@@ -85,6 +87,9 @@ class Task:
         return min(self.stopped_at or self.ends, self.ends)
 
     def cost(self, now: float) -> Decimal:
+        if self.script.cost_per_second is not None:
+            ran = min(now, self.stopped_at or now, self.ends) - self.started
+            return Decimal(self.script.cost_per_second) * Decimal(str(max(0.0, ran)))
         full = Decimal(self.script.cost)
         if self.status(now) not in RUNNING and self.stopped_at is None:
             return full
@@ -105,6 +110,28 @@ class Session:
     share_token: str | None = None
     share_views: int = 0
     task_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Browser:
+    """A browser session of ``/browsers`` (a bare cloud browser, reached over CDP)."""
+
+    id: str
+    created: float
+    timeout_minutes: int
+    stopped_at: float | None = None
+    agent_session_id: str | None = None
+
+    def stopped(self, now: float) -> float | None:
+        """When it stopped: by request, or at its timeout."""
+        ends = self.created + 60 * self.timeout_minutes
+        if self.stopped_at is not None:
+            return min(self.stopped_at, ends)
+        return ends if now >= ends else None
+
+
+#: What a bare browser costs, USD an hour (the API's own figure).
+BROWSER_COST_PER_HOUR = Decimal("0.02")
 
 
 class EmulatorState:
@@ -136,6 +163,10 @@ class EmulatorState:
         self.files: dict[str, tuple[str, str, str]] = {}  # file id -> (task id, name, content)
         self.download_tokens: dict[str, tuple[str, str]] = {}  # token -> (kind, id)
         self.project_id = str(uuid.uuid4())
+        self.browsers: dict[str, Browser] = {}
+        #: The most sessions active at once, and how many creates the cap refused (429).
+        self.peak_active_sessions = 0
+        self.refused_at_cap = 0
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -163,9 +194,14 @@ class EmulatorState:
             return sum(self.session_active(s, now) for s in self.sessions.values())
 
     def _check_cap(self) -> None:
+        """Refuse a new session at the cap (429); count it toward ``peak_active_sessions`` otherwise."""
+        active = self.active_session_count()
         cap = self.max_concurrent_sessions
-        if cap is not None and self.active_session_count() >= cap:
+        if cap is not None and active >= cap:
+            self.refused_at_cap += 1
             raise ApiError(429, TOO_MANY_SESSIONS, {"Retry-After": str(self.retry_after)})
+        # Sessions only become active when created, so the peak is the most seen at a create.
+        self.peak_active_sessions = max(self.peak_active_sessions, active + 1)
 
     def create_session(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
@@ -241,6 +277,59 @@ class EmulatorState:
             "keepAlive": session.keep_alive,
             "proxyUsedMb": "0",
             "proxyCost": _money(Decimal("0.001") * len(session.task_ids)),
+        }
+
+    # --- browsers (``/browsers``) ---------------------------------------------------------------
+
+    def create_browser(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            browser = Browser(id=str(uuid.uuid4()), created=self.clock(), timeout_minutes=body.get("timeout", 60))
+            self.browsers[browser.id] = browser
+            return self.browser_view(browser)
+
+    def _browser(self, browser_id: str) -> Browser:
+        browser = self.browsers.get(str(browser_id))
+        if browser is None:
+            raise ApiError(404, "Browser session not found")
+        return browser
+
+    def get_browser(self, browser_id: str) -> dict[str, Any]:
+        with self.lock:
+            return self.browser_view(self._browser(browser_id))
+
+    def stop_browser(self, browser_id: str) -> dict[str, Any]:
+        with self.lock:
+            browser = self._browser(browser_id)
+            now = self.clock()
+            if browser.stopped(now) is None:
+                browser.stopped_at = now
+            return self.browser_view(browser)
+
+    def list_browsers(self, status: str | None) -> list[dict[str, Any]]:
+        with self.lock:
+            views = [
+                self.browser_view(b) for b in sorted(self.browsers.values(), key=lambda b: b.created, reverse=True)
+            ]
+            return [v for v in views if status is None or v["status"] == status]
+
+    def browser_view(self, browser: Browser) -> dict[str, Any]:
+        now = self.clock()
+        stopped_at = browser.stopped(now)
+        hours = Decimal(str(((stopped_at or now) - browser.created) / 3600))
+        active = stopped_at is None
+        return {
+            "id": browser.id,
+            "status": "active" if active else "stopped",
+            "liveUrl": f"https://live.emulator.invalid/{browser.id}?token=emulated" if active else None,
+            "cdpUrl": f"wss://cdp.emulator.invalid/{browser.id}?token=emulated" if active else None,
+            "timeoutAt": _iso(browser.created + 60 * browser.timeout_minutes),
+            "startedAt": _iso(browser.created),
+            "finishedAt": _iso(stopped_at),
+            "proxyUsedMb": "0",
+            "proxyCost": "0",
+            "browserCost": _money(BROWSER_COST_PER_HOUR * hours),
+            "agentSessionId": browser.agent_session_id,
+            "recordingUrl": None,
         }
 
     def session_view(self, session: Session) -> dict[str, Any]:
@@ -488,6 +577,7 @@ class EmulatorState:
             },
             "isFreeTier": False,
             "projectId": self.project_id,
-            "concurrentSessionLimit": self.max_concurrent_sessions,
+            # An integer, as the vendor's newest SDK requires: the cap, or the default plan's.
+            "concurrentSessionLimit": self.max_concurrent_sessions or UNCAPPED_SESSION_LIMIT,
             "activeSessionCount": self.active_session_count(),
         }

@@ -117,6 +117,23 @@ class UpdateSessionRequest(BaseModel):
     action: Literal["stop"]
 
 
+class CreateBrowserRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    profileId: uuid.UUID | None = None
+    proxyCountryCode: str | None = None
+    timeout: int = Field(default=60, ge=1, le=240)
+    browserScreenWidth: int | None = Field(default=None, ge=320, le=6144)
+    browserScreenHeight: int | None = Field(default=None, ge=320, le=3456)
+    allowResizing: bool = False
+    customProxy: dict[str, Any] | None = None
+    enableRecording: bool = False
+
+
+class UpdateBrowserRequest(BaseModel):
+    action: Literal["stop"]
+
+
 class UpdateTaskRequest(BaseModel):
     action: Literal["stop", "stop_task_and_session"]
 
@@ -267,6 +284,26 @@ def build_app(emulator: BrowserUseEmulator) -> FastAPI:
         state.unshare(str(session_id))
         return _json(204, None)
 
+    @app.post(f"{api}/browsers")
+    async def create_browser(body: Annotated[CreateBrowserRequest | None, Body()] = None) -> Response:
+        return _json(201, state.create_browser((body or CreateBrowserRequest()).model_dump(exclude_unset=True)))
+
+    @app.get(f"{api}/browsers")
+    async def list_browsers(
+        pageSize: Annotated[int, Query(ge=1, le=100)] = 10,
+        pageNumber: Annotated[int, Query(ge=1)] = 1,
+        filterBy: Literal["active", "stopped"] | None = None,
+    ) -> Response:
+        return _json(200, _page(state.list_browsers(filterBy), pageSize, pageNumber))
+
+    @app.get(f"{api}/browsers/{{browser_id}}")
+    async def get_browser(browser_id: uuid.UUID) -> Response:
+        return _json(200, state.get_browser(str(browser_id)))
+
+    @app.patch(f"{api}/browsers/{{browser_id}}")
+    async def update_browser(browser_id: uuid.UUID, body: UpdateBrowserRequest) -> Response:
+        return _json(200, state.stop_browser(str(browser_id)))
+
     @app.post(f"{api}/tasks")
     async def create_task(body: CreateTaskRequest) -> Response:
         fields = body.model_dump(exclude_unset=True, mode="json")
@@ -333,6 +370,8 @@ def build_app(emulator: BrowserUseEmulator) -> FastAPI:
                 "activeSessionCount": state.active_session_count(),
                 "sessionCount": len(state.sessions),
                 "taskCount": len(state.tasks),
+                "peakActiveSessions": state.peak_active_sessions,
+                "refusedAtCap": state.refused_at_cap,
             },
         )
 
@@ -697,6 +736,8 @@ class BrowserUseEmulator:
             self.state.tasks.clear()
             self.state.files.clear()
             self.state.download_tokens.clear()
+            self.state.browsers.clear()
+            self.state.peak_active_sessions = self.state.refused_at_cap = 0
         self.clear_faults()
         with self._log_lock:
             self._requests.clear()

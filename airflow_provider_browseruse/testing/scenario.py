@@ -58,6 +58,8 @@ class TaskScript(BaseModel):
     judge_verdict: bool | None = None
     judgement: str | None = None
     cost: str = "0.02"
+    #: Cost in USD per second of running instead: the running cost grows at this rate (``cost`` is then unused).
+    cost_per_second: str | None = None
     steps: int = Field(default=3, ge=0)
     output_files: list[OutputFile] = Field(default_factory=list)
 

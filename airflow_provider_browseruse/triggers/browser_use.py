@@ -88,15 +88,16 @@ class _PollingTrigger(BaseTrigger):
 
 
 class TaskStatusTrigger(_PollingTrigger):
-    """Fire when a task has ended (``ended``), at the deadline (``timeout``) or on an API error
+    """Fire when a task has ended (``ended``), passed ``max_cost_usd`` while running
+    (``over_budget``, with its ``cost``), at the deadline (``timeout``) or on an API error
     (``error``).
 
     With ``end_from_trigger``, a task that ended well ends its Airflow task here, with no worker:
     the trigger fetches the final task, judges it by ``success_policy``, parses its output
     against ``output_schema``, and fires Airflow's ``TaskSuccessEvent`` carrying the XComs the
     operator would push (``task``, and the output as ``return_value`` when ``push_output``).
-    Anything else (a failure, an output that does not parse, an error fetching it) fires
-    ``ended`` as without it, and the operator handles it on a worker.
+    A failure or an output that does not parse fires ``ended`` as without it, and the operator
+    handles it on a worker; an error fetching the task is an ``error`` event, as for a poll.
 
     With ``stop_on_give_up``, a user's kill of the deferred task (Airflow 3.3+) stops the remote
     task, and its session too when the operator ``owns_session`` (a one-off session it started);
@@ -118,6 +119,7 @@ class TaskStatusTrigger(_PollingTrigger):
         success_policy: str = _wire.SuccessPolicy.AGENT.value,
         output_schema: dict[str, Any] | None = None,
         push_output: bool = True,
+        max_cost_usd: float | None = None,
     ) -> None:
         super().__init__(
             watched_id=browser_use_task_id,
@@ -131,6 +133,7 @@ class TaskStatusTrigger(_PollingTrigger):
         self.success_policy = _wire.success_policy(success_policy)
         self.output_schema = output_schema
         self.push_output = push_output
+        self.max_cost_usd = max_cost_usd
         self._last_status: str | None = None
         self._progress = _common.Progress()
 
@@ -145,6 +148,7 @@ class TaskStatusTrigger(_PollingTrigger):
                 "success_policy": self.success_policy.value,
                 "output_schema": self.output_schema,
                 "push_output": self.push_output,
+                "max_cost_usd": self.max_cost_usd,
             },
         )
 
@@ -157,6 +161,9 @@ class TaskStatusTrigger(_PollingTrigger):
                 if success is not None:
                     return success
             return self.event("ended", task_status=view["status"])
+        cost = _wire.over_budget(view, self.max_cost_usd)
+        if cost is not None:
+            return self.event("over_budget", cost=str(cost))
         if view.get("status") != self._last_status:
             self._last_status = view.get("status")
             if status is None:
@@ -171,19 +178,22 @@ class TaskStatusTrigger(_PollingTrigger):
         return None
 
     async def _success_event(self, hook: BrowserUseAsyncHook) -> TriggerEvent | None:
-        """Airflow's TaskSuccessEvent for a task that ended well; None leaves the rest to a worker."""
+        """Airflow's TaskSuccessEvent for a task that ended well; None leaves the rest to a worker.
+
+        A failed fetch is the wait's error, as a failed poll is (final answers are not asked again).
+        """
+        task = await hook.get_task(self.watched_id)
+        if _wire.task_failure(task, self.success_policy) is not None:
+            return None  # the worker raises BrowserUseTaskError, and Airflow's retries apply
         try:
-            task = await hook.get_task(self.watched_id)
-            if _wire.task_failure(task, self.success_policy) is not None:
-                return None
             output = _wire.parse_output(task.get("output"), self.output_schema)
-        except Exception as error:  # the worker fetches it again, under its own retries
-            self.log.warning(
-                "Finishing task %s here failed (%s); a worker will.", self.watched_id, hook.redact(str(error))
-            )
-            return None
+        except ValueError:
+            return None  # the worker fails it with the schema error
         self.log.info("%s. Ended here, in the triggerer: no worker needed.", _wire.outcome(task))
-        xcoms: dict[str, Any] = {_common.TASK_KEY: _wire.task_without_steps(task)}
+        xcoms: dict[str, Any] = {
+            _common.TASK_KEY: _wire.task_without_steps(task),
+            _common.COST_KEY: float(_wire.to_decimal(task.get("cost"))),
+        }
         if self.push_output:
             xcoms["return_value"] = output
         return TaskSuccessEvent(xcoms=xcoms)

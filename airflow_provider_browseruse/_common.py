@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from airflow.configuration import conf
 from airflow.sdk import ObjectStoragePath
@@ -27,6 +28,8 @@ class Log(Protocol):
     """What these helpers need of a logger: an operator's ``self.log`` (stdlib or structlog)."""
 
     def info(self, event: str, *args: Any) -> Any: ...
+
+    def error(self, event: str, *args: Any) -> Any: ...
 
 
 # --- XCom keys ---------------------------------------------------------------------------------
@@ -48,29 +51,48 @@ def push_cost(ti: Any, amount: Decimal) -> None:
     ti.xcom_push(key=COST_KEY, value=float(amount))
 
 
-def over_budget_failure(browser_use_task_id: str, cost: Decimal, max_cost_usd: float) -> AirflowFailException:
-    """The failure for a task stopped at its budget: final, since a retry would pay again."""
+def over_budget_failure(
+    browser_use_task_id: str, cost: Decimal, max_cost_usd: float, *, stopped: bool
+) -> AirflowFailException:
+    """The failure for a task past its budget: final, since a retry would pay again."""
+    what = "it was stopped" if stopped else "stopping it FAILED: stop it by hand"
     return AirflowFailException(
-        f"Browser Use task {browser_use_task_id} has cost ${cost}, past max_cost_usd={max_cost_usd}; it was "
-        "stopped. Not retried: a retry would start a new task and pay again."
+        f"Browser Use task {browser_use_task_id} has cost ${cost}, past max_cost_usd={max_cost_usd}; {what}. "
+        "Not retried: a retry would start a new task and pay again."
     )
+
+
+def stop_task_quietly(hook: BrowserUseHook, log: Log, browser_use_task_id: str, *, stop_session: bool) -> bool:
+    """Stop a task (and its session); log instead of raising. Returns whether it worked."""
+    try:
+        hook.stop_task(browser_use_task_id, stop_session=stop_session)
+    except Exception as error:
+        log.error("Could not stop Browser Use task %s (%s): stop it by hand.", browser_use_task_id, error)
+        return False
+    return True
 
 
 # --- the label of a mapped task instance in the UI ---------------------------------------------
 
-#: Context key the operators fill with a short label (the start URL or the prompt).
-MAP_INDEX_LABEL_KEY = "browser_use_label"
-#: Default ``map_index_template``: the label, or nothing (then the UI shows the index) until set.
-MAP_INDEX_TEMPLATE = "{{ " + MAP_INDEX_LABEL_KEY + " | default('') }}"
+#: Default ``map_index_template`` of the task operators: their ``map_index_label``. It reads
+#: rendered fields, so Airflow can show it before ``execute`` (a deferred task is never rendered
+#: again on the worker that deferred it).
+MAP_INDEX_TEMPLATE = "{{ task.map_index_label }}"
 MAP_INDEX_LABEL_CHARS = 80
 
 
-def label_map_index(context: Any, text: str) -> None:
-    """Give ``MAP_INDEX_TEMPLATE`` ``text`` on one line, cut to ``MAP_INDEX_LABEL_CHARS``."""
+def map_index_label(start_url: Any, prompt: Any) -> str:
+    """The start URL (without query, fragment or credentials: they may carry tokens), else the
+    prompt, on one line and at most ``MAP_INDEX_LABEL_CHARS``; empty while neither is known."""
+    if isinstance(start_url, str) and start_url.strip():
+        parts = urlsplit(start_url.strip())
+        text = f"{parts.scheme}://{parts.hostname}{parts.path}" if parts.hostname else start_url
+    elif isinstance(prompt, str):
+        text = prompt
+    else:
+        return ""
     label = " ".join(text.split())
-    if len(label) > MAP_INDEX_LABEL_CHARS:
-        label = label[: MAP_INDEX_LABEL_CHARS - 1] + "…"
-    context[MAP_INDEX_LABEL_KEY] = label
+    return label if len(label) <= MAP_INDEX_LABEL_CHARS else label[: MAP_INDEX_LABEL_CHARS - 1] + "…"
 
 
 # --- parameters --------------------------------------------------------------------------------

@@ -11,4 +11,10 @@ except ImportError:  # Airflow 3.1
         AirflowSensorTimeout,
     )
 
-__all__ = ["AirflowException", "AirflowFailException", "AirflowSensorTimeout"]
+from airflow import __version__ as _airflow_version
+
+#: Whether a trigger may end its task (TaskSuccessEvent) here: proven under a real scheduler and
+#: triggerer on 3.3 (tests/test_scheduler.py); older versions resume on a worker instead.
+ENDS_FROM_TRIGGER = tuple(int(part) for part in _airflow_version.split(".")[:2] if part.isdigit()) >= (3, 3)
+
+__all__ = ["ENDS_FROM_TRIGGER", "AirflowException", "AirflowFailException", "AirflowSensorTimeout"]

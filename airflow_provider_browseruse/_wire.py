@@ -41,7 +41,7 @@ TASK_TERMINAL_STATUSES = frozenset({TaskStatus.FINISHED, TaskStatus.FAILED, Task
 TASK_FAILED_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.STOPPED})
 
 #: Fields holding URLs that grant access to a browser or its recording: never in XCom or logs.
-ACCESS_URL_FIELDS = ("liveUrl", "publicShareUrl", "recordingUrl")
+ACCESS_URL_FIELDS = ("liveUrl", "publicShareUrl", "recordingUrl", "cdpUrl")
 #: What ``task_outputs`` keeps of each task of a session.
 TASK_OUTPUT_FIELDS = ("id", "status", "output", "isSuccess", "judgeVerdict", "cost")
 
@@ -197,14 +197,20 @@ def task_outputs(session_view: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{field: task.get(field) for field in TASK_OUTPUT_FIELDS} for task in session_view.get("tasks") or []]
 
 
+#: The largest money or size figure believed; past it (or ``NaN``, ``Infinity``) an answer is garbage.
+MAX_FIGURE = Decimal(10) ** 12
+
+
 def to_decimal(value: Any) -> Decimal:
-    """A decimal-string money or size field as a Decimal; missing or unreadable counts as 0."""
+    """A decimal-string money or size field as a Decimal; missing, unreadable, not finite or
+    past :data:`MAX_FIGURE` (an answer not to be trusted) counts as 0."""
     if value is None:
         return Decimal(0)
     try:
-        return Decimal(str(value))
+        number = Decimal(str(value))
     except InvalidOperation:
         return Decimal(0)
+    return number if number.is_finite() and abs(number) <= MAX_FIGURE else Decimal(0)
 
 
 def session_cost(session_view: Mapping[str, Any]) -> Decimal:

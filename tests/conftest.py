@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -52,8 +53,12 @@ class FakeTaskInstance:
         self.xcom[key] = json.loads(json.dumps(value))
 
     def xcom_pull(self, task_ids: str | None = None, key: str = "return_value", map_indexes: int | None = None) -> Any:
+        """This instance's own values: as Airflow, a mapped instance gets a list without
+        ``map_indexes`` (every instance's), and nothing for another instance's index."""
         if map_indexes is None and self.map_index >= 0:
-            return [self.xcom.get(key)]  # as Airflow: without map_indexes, every mapped instance's value
+            return [self.xcom.get(key)]
+        if map_indexes is not None and map_indexes != self.map_index:
+            return None
         return self.xcom.get(key)
 
 
@@ -66,6 +71,22 @@ def first_event(trigger: Any) -> dict[str, Any]:
         raise AssertionError("the trigger ended without an event")
 
     return asyncio.run(collect())
+
+
+@contextlib.contextmanager
+def as_in_the_triggerer(trigger: Any, ti: FakeTaskInstance) -> Iterator[None]:
+    """Give a trigger what the triggerer gives it: its task instance, and the SDK's XCom.set
+    (which there goes through the triggerer's supervisor) pushing into ``ti``."""
+    from airflow.sdk.execution_time.xcom import XCom
+
+    def push(key: str, value: Any, **where: Any) -> None:
+        assert (where["dag_id"], where["task_id"], where["map_index"]) == (ti.dag_id, ti.task_id, ti.map_index)
+        ti.xcom_push(key=key, value=value)
+
+    trigger.task_instance = ti
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(XCom, "set", staticmethod(push))
+        yield
 
 
 def task_context(**ti_fields: Any) -> dict[str, Any]:

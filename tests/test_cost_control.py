@@ -69,11 +69,43 @@ def test_a_deferred_task_past_its_budget_is_stopped_and_fails(emulator: BrowserU
         op.execute(ctx)
     event = first_event(deferred.value.trigger)
     assert event["event"] == "over_budget" and Decimal(event["cost"]) > Decimal(str(CAP))
+    # The trigger stopped it at once: a worker may take minutes to pick the event up.
+    assert event["stopped"] is True
+    [task] = emulator.state.tasks.values()
+    assert emulator.state.get_task(task.id)["status"] == "stopped"
     with pytest.raises(AirflowFailException) as failed:
         RunTaskOperator(task_id="run", task="pricey job", max_cost_usd=CAP, deferrable=True).execute_complete(
             ctx, event
         )
     assert_stopped_at_budget(emulator, ctx, failed.value)
+    assert emulator.count("PATCH", f"/tasks/{task.id}") == 1  # stopped once, by the trigger
+
+
+def test_a_budget_stops_the_task_even_with_stop_on_give_up_off(emulator: BrowserUseEmulator) -> None:
+    pricey(emulator)
+    ctx = task_context()
+    op = RunTaskOperator(task_id="run", task="pricey job", poll_interval=POLL, max_cost_usd=CAP, stop_on_give_up=False)
+    with pytest.raises(AirflowFailException) as failed:
+        op.execute(ctx)
+    assert_stopped_at_budget(emulator, ctx, failed.value)
+
+
+def test_a_failed_stop_at_the_budget_says_so(emulator: BrowserUseEmulator) -> None:
+    pricey(emulator)
+    emulator.add_fault(method="PATCH", path=r"/tasks/.+", status=404, times=5)
+    ctx = task_context()
+    with pytest.raises(AirflowFailException, match="stopping it FAILED: stop it by hand"):
+        RunTaskOperator(task_id="run", task="pricey job", poll_interval=POLL, max_cost_usd=CAP).execute(ctx)
+    [task] = emulator.state.tasks.values()
+    emulator.state.stop_task(task.id, and_session=True)
+
+
+def test_a_cost_that_is_not_a_finite_number_counts_as_nothing() -> None:
+    from airflow_provider_browseruse import _wire
+
+    for garbage in ("NaN", "Infinity", "-inf", "1e999999", "lots"):
+        assert _wire.over_budget({"cost": garbage}, 0.01) is None
+        assert _wire.to_decimal(garbage) == 0
 
 
 @pytest.mark.parametrize("deferrable", [False, True])

@@ -55,7 +55,7 @@ def test_the_prompt_is_the_return_value_and_the_output_is_the_task_value(emulato
     [remote] = emulator.state.tasks.values()
     assert remote.prompt == "Count the books about travel (asked by ask)."
     assert context["ti"].xcom[_common.BROWSER_USE_TASK_ID_KEY] == remote.id
-    assert context[_common.MAP_INDEX_LABEL_KEY] == "Count the books about travel (asked by ask)."
+    assert op.map_index_label == "Count the books about travel (asked by ask)."
     assert emulator.active_session_count() == 0
 
 
@@ -129,8 +129,11 @@ def test_a_deferred_decorated_task_finishes_without_calling_the_function_again(e
     with pytest.raises(TaskDeferred) as deferred:
         operator_of(ask).execute(context)
     resumed = operator_of(ask)  # the worker resumes a fresh copy: its prompt is not known
-    assert resumed.execute_complete(context, first_event(deferred.value.trigger)) == "done"
+    assert resumed.map_index_label == ""
+    handed_on = deferred.value.kwargs  # what Airflow stores for the resume
+    assert resumed.execute_complete(context, first_event(deferred.value.trigger), **handed_on) == "done"
     assert calls == ["called"]
+    assert resumed.map_index_label == "a slow job"  # the UI's label, rendered after the resume
     assert context["ti"].xcom["task"]["task"] == "a slow job"
     assert emulator.active_session_count() == 0
 
@@ -147,3 +150,10 @@ def test_mapped_instances_get_the_default_label_template() -> None:
     assert mapped.map_index_template == _common.MAP_INDEX_TEMPLATE
     assert plain.map_index_template == _common.MAP_INDEX_TEMPLATE
     assert own.map_index_template == "{{ task.task }}"
+
+
+def test_the_label_is_the_start_url_without_its_secrets_or_the_prompt_cut_short() -> None:
+    op = RunTaskOperator(task_id="run", task="x" * 200, start_url="https://user:pw@shop.example/cart?token=abc#f")
+    assert op.map_index_label == "https://shop.example/cart"
+    op = RunTaskOperator(task_id="run", task="Read\nthe   page " + "y" * 200)
+    assert op.map_index_label.startswith("Read the page yyy") and len(op.map_index_label) == 80

@@ -36,7 +36,7 @@ from airflow_provider_browseruse.operators.browser_use import (
 )
 from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
-from tests.conftest import FakeTaskInstance
+from tests.conftest import FakeTaskInstance, as_in_the_triggerer
 from tests.hostile import HostileServer, json_answer
 
 try:
@@ -106,10 +106,9 @@ def run_op(op: Any, ti: FakeTaskInstance) -> Any:
             async for event in trigger.run():
                 return event
 
-        event = asyncio.run(first())
-        if isinstance(event, BaseTaskEndEvent):
-            for key, value in (event.xcoms or {}).items():
-                ti.xcom_push(key=key, value=value)
+        with as_in_the_triggerer(trigger, ti):
+            event = asyncio.run(first())
+        if isinstance(event, BaseTaskEndEvent):  # the triggerer ended it, its XComs pushed
             return ti.xcom.get("return_value")
         return getattr(op, method_name)(context, event.payload)
 

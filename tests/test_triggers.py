@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from airflow_provider_browseruse._common import session_event, task_event
-from airflow_provider_browseruse._compat import AirflowException, AirflowFailException
+from airflow_provider_browseruse._compat import ENDS_FROM_TRIGGER, AirflowException, AirflowFailException
 from airflow_provider_browseruse._retry import RetryPolicy
 from airflow_provider_browseruse.hooks import browser_use as hooks
 from airflow_provider_browseruse.operators.browser_use import RunTaskOperator, StopSessionOperator
 from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor, TaskCompletedSensor
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
 from airflow_provider_browseruse.triggers.browser_use import SessionStatusTrigger, TaskStatusTrigger
-from tests.conftest import FakeTaskInstance, first_event, task_context
+from tests.conftest import FakeTaskInstance, as_in_the_triggerer, first_event, task_context
 
 try:
     from airflow.sdk.exceptions import TaskDeferred
@@ -294,17 +294,26 @@ def test_deferrable_defaults_to_airflows_setting(monkeypatch: pytest.MonkeyPatch
 # --- ending in the triggerer -------------------------------------------------------------------
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+needs_ending_in_the_triggerer = pytest.mark.skipif(
+    not ENDS_FROM_TRIGGER, reason="operators end tasks in the triggerer on Airflow 3.3+ only"
+)
 
 
-def end_event(trigger: Any) -> Any:
-    """The trigger's first event object itself (a TaskSuccessEvent is more than its payload)."""
+def test_before_airflow_3_3_every_deferred_task_resumes_on_a_worker() -> None:
+    ends = RunTaskOperator(task_id="run", task="job", deferrable=True)._ends_in_triggerer
+    assert ends is ENDS_FROM_TRIGGER
+
+
+def end_event(trigger: Any, ti: FakeTaskInstance | None = None) -> Any:
+    """The trigger's first event object itself, run as the triggerer runs it (XComs into ``ti``)."""
 
     async def collect() -> Any:
         async for event in trigger.run():
             return event
         raise AssertionError("the trigger ended without an event")
 
-    return asyncio.run(collect())
+    with as_in_the_triggerer(trigger, ti or FakeTaskInstance()):
+        return asyncio.run(collect())
 
 
 def ending_trigger(task_id: str, **kwargs: Any) -> TaskStatusTrigger:
@@ -331,40 +340,47 @@ def test_a_task_that_ends_well_ends_in_the_triggerer_with_its_xcoms(
     if "output_json" in script:
         body["structuredOutput"] = json.dumps(SCHEMA)
     task_id = emulator.state.create_task(body)["id"]
-    event = end_event(ending_trigger(task_id, **kwargs))
+    ti = FakeTaskInstance()
+    event = end_event(ending_trigger(task_id, **kwargs), ti)
     assert isinstance(event, TaskSuccessEvent)
-    assert event.xcoms["return_value"] == output
-    assert event.xcoms["cost_usd"] == 0.02
-    assert event.xcoms["task"]["id"] == task_id and event.xcoms["task"]["status"] == "finished"
-    assert "steps" not in event.xcoms["task"]
-    assert json.loads(json.dumps(event.xcoms)) == event.xcoms  # stored by the triggerer as JSON
+    assert event.xcoms is None  # pushed as a worker pushes them (Airflow would encode these twice)
+    assert ti.xcom["return_value"] == output
+    assert ti.xcom["cost_usd"] == 0.02
+    assert ti.xcom["task"]["id"] == task_id and ti.xcom["task"]["status"] == "finished"
+    assert "steps" not in ti.xcom["task"]
     assert emulator.count("GET", f"/tasks/{task_id}") == 1  # the one full fetch, in the triggerer
+
+
+def test_outside_a_triggerer_a_worker_finishes_the_task(emulator: BrowserUseEmulator) -> None:
+    """With no task instance to push XComs for, the trigger hands the task to a worker."""
+    emulator.state.scenario = Scenario().add("job", duration=0.1, output="fine")
+    task_id = emulator.state.create_task({"task": "job"})["id"]
+    assert first_event(ending_trigger(task_id))["event"] == "ended"
 
 
 def test_without_xcom_push_the_output_is_not_pushed(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("job", duration=0.1, output="fine")
     task_id = emulator.state.create_task({"task": "job"})["id"]
-    event = end_event(ending_trigger(task_id, push_output=False))
-    assert set(event.xcoms) == {"task", "cost_usd"}
+    ti = FakeTaskInstance()
+    end_event(ending_trigger(task_id, push_output=False), ti)
+    assert set(ti.xcom) == {"task", "cost_usd"}
 
 
 @pytest.mark.parametrize(
-    ("script", "kwargs", "fault"),
+    ("script", "kwargs"),
     [
-        pytest.param({"status": "failed"}, {}, None, id="failed"),
-        pytest.param({"status": "stopped"}, {"success_policy": "lenient"}, None, id="stopped"),
-        pytest.param({"is_success": False}, {}, None, id="agent-says-no"),
-        pytest.param({"judge_verdict": False}, {"success_policy": "judge"}, None, id="judge-says-no"),
-        pytest.param({"output": '{"n": "three"}'}, {"output_schema": SCHEMA}, None, id="output-does-not-parse"),
+        pytest.param({"status": "failed"}, {}, id="failed"),
+        pytest.param({"status": "stopped"}, {"success_policy": "lenient"}, id="stopped"),
+        pytest.param({"is_success": False}, {}, id="agent-says-no"),
+        pytest.param({"judge_verdict": False}, {"success_policy": "judge"}, id="judge-says-no"),
+        pytest.param({"output": '{"n": "three"}'}, {"output_schema": SCHEMA}, id="output-does-not-parse"),
     ],
 )
 def test_anything_but_a_success_goes_back_to_a_worker(
-    emulator: BrowserUseEmulator, script: dict[str, Any], kwargs: dict[str, Any], fault: int | None
+    emulator: BrowserUseEmulator, script: dict[str, Any], kwargs: dict[str, Any]
 ) -> None:
     emulator.state.scenario = Scenario().add("job", duration=0.1, **script)
     task_id = emulator.state.create_task({"task": "job", "judge": "judge_verdict" in script})["id"]
-    if fault:
-        emulator.add_fault(method="GET", path=f"/tasks/{task_id}$", status=fault, times=1)
     event = end_event(ending_trigger(task_id, **kwargs))
     assert type(event).__name__ == "TriggerEvent"
     assert event.payload["event"] == "ended"
@@ -380,6 +396,7 @@ def test_a_failed_final_fetch_is_the_waits_error(emulator: BrowserUseEmulator) -
     assert emulator.count("GET", f"/tasks/{task_id}") == 1  # a final answer is not asked again
 
 
+@needs_ending_in_the_triggerer
 def test_the_operator_ends_in_the_triggerer_only_when_no_worker_is_needed(tmp_path: Any) -> None:
     import pydantic
     from airflow.sdk import Asset
@@ -392,11 +409,13 @@ def test_the_operator_ends_in_the_triggerer_only_when_no_worker_is_needed(tmp_pa
 
     assert ends() and ends(structured_output=SCHEMA)
     assert not ends(end_from_trigger=False)
+    assert not ends(multiple_outputs=True)  # per-key XComs are pushed by a worker
     assert not ends(output_files_path=f"file://{tmp_path}")  # files are copied by a worker
     assert not ends(outlets=[Asset("s3://bucket/out")])  # the triggerer emits no asset events
     assert not ends(structured_output=Model)  # the triggerer cannot import a DAG's model
 
 
+@needs_ending_in_the_triggerer
 def test_a_deferred_operator_hands_its_finishing_rules_to_the_trigger(emulator: BrowserUseEmulator) -> None:
     emulator.state.scenario = Scenario().add("job", duration=5)
     op = RunTaskOperator(
@@ -419,6 +438,7 @@ def test_a_deferred_operator_hands_its_finishing_rules_to_the_trigger(emulator: 
     op._stop_remote_work("the test is over")
 
 
+@needs_ending_in_the_triggerer
 def test_a_worker_resumed_after_the_trigger_ended_the_task_finishes_it(emulator: BrowserUseEmulator) -> None:
     """dag.test() hands a TaskSuccessEvent's payload to execute_complete: finish as for 'ended'."""
     emulator.state.scenario = Scenario().add("job", duration=0.2, output="done")
@@ -426,7 +446,7 @@ def test_a_worker_resumed_after_the_trigger_ended_the_task_finishes_it(emulator:
     ctx = task_context()
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(ctx)
-    event = end_event(deferred.value.trigger)
+    event = end_event(deferred.value.trigger, ctx["ti"])
     assert event.payload == "success"
     assert op.execute_complete(ctx, event.payload) == "done"
     assert ctx["ti"].xcom["task"]["status"] == "finished"
@@ -441,3 +461,21 @@ def test_a_deferred_instance_resumes_on_its_own_task(emulator: BrowserUseEmulato
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(ctx)
     assert op.execute_complete(ctx, first_event(deferred.value.trigger)) == "mine"
+
+
+@needs_ending_in_the_triggerer
+def test_an_output_a_downstream_task_maps_over_is_finished_by_a_worker() -> None:
+    """The triggerer stores XComs without the length an .expand() needs."""
+    from airflow.sdk import DAG, task
+
+    with DAG("maps_over_it", schedule=None):
+        upstream = RunTaskOperator(task_id="run", task="list pages", deferrable=True)
+
+        @task
+        def each(page: str) -> str:
+            return page
+
+        each.expand(page=upstream.output)
+        alone = RunTaskOperator(task_id="alone", task="job", deferrable=True)
+    assert not upstream._ends_in_triggerer
+    assert alone._ends_in_triggerer

@@ -92,6 +92,18 @@ class _BrowserUseDecoratedOperator(DecoratedOperator, RunTaskOperator):
         self.task = prompt
         return super().execute(context)
 
+    def defer(
+        self, *, trigger: Any, method_name: str, kwargs: dict[str, Any] | None = None, timeout: Any = None
+    ) -> Any:
+        # The worker that resumes has only the placeholder: hand it the prompt, for the UI's label.
+        kwargs = {**(kwargs or {}), "prompt": self.task}
+        return super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
+
+    def execute_complete(self, context: Context, event: Any, prompt: str | None = None) -> Any:
+        if isinstance(prompt, str):
+            self.task = prompt
+        return super().execute_complete(context, event)
+
     def _check_prompt(self) -> None:
         """The prompt is the function's return value: checked in ``execute``, once it exists."""
 

@@ -13,7 +13,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.log import mask_secret
 
 from airflow_provider_browseruse import _common, _wire
-from airflow_provider_browseruse._compat import AirflowException, AirflowFailException
+from airflow_provider_browseruse._compat import ENDS_FROM_TRIGGER, AirflowException, AirflowFailException
 from airflow_provider_browseruse._retry import LISTING_CLOCK_SKEW, look_again, may_have_taken_effect
 from airflow_provider_browseruse.exceptions import BrowserUseAPIError
 from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
@@ -434,6 +434,11 @@ class RunTaskOperator(BrowserUseBaseOperator):
         if schema is not None and not isinstance(self.structured_output, type):
             _wire.check_json_schema(schema, "structured_output")
 
+    @property
+    def map_index_label(self) -> str:
+        """What the UI shows for a mapped instance (the default ``map_index_template``)."""
+        return _common.map_index_label(self.start_url, self.task)
+
     def _check_prompt(self) -> None:
         if not isinstance(self.task, str) or not self.task.strip():
             raise ValueError(f"task must be a non-empty prompt for the agent, got {self.task!r}")
@@ -495,7 +500,6 @@ class RunTaskOperator(BrowserUseBaseOperator):
     def execute(self, context: Context) -> Any:
         if not isinstance(self.task, str) or not self.task.strip():
             raise AirflowFailException(f"task rendered to an empty prompt: {self.task!r}")
-        _common.label_map_index(context, self.start_url or self.task)
         tags = self._tags(context)
         body = self._request(context, tags)
         run_started = getattr(context.get("dag_run"), "start_date", None)
@@ -549,13 +553,19 @@ class RunTaskOperator(BrowserUseBaseOperator):
         """Whether a deferred task that ends well may finish in the triggerer, with no worker.
 
         Not when finishing needs the worker: files to copy, asset events to emit (the triggerer
-        emits none), or a pydantic model to validate with (the triggerer cannot import a DAG's).
+        emits none), a pydantic model to validate with (the triggerer cannot import a DAG's),
+        per-key XComs (``multiple_outputs``) or an output that a downstream task maps over.
+        Only on Airflow 3.3+, where it is proven under a real scheduler.
         """
         return (
             self.end_from_trigger
+            and ENDS_FROM_TRIGGER
             and self.output_files_path is None
             and not self.outlets
             and not isinstance(self.structured_output, type)
+            # The triggerer stores XComs as they are: no per-key XComs, no length for an .expand().
+            and not getattr(self, "multiple_outputs", False)
+            and not (self.has_dag() and next(self.iter_mapped_dependants(), None) is not None)
         )
 
     def execute_complete(self, context: Context, event: Any) -> Any:
@@ -576,16 +586,24 @@ class RunTaskOperator(BrowserUseBaseOperator):
             self._stop_remote_work("waiting for it failed")
             raise AirflowException(f"Waiting for Browser Use task {task_id} failed: {event.get('message')}")
         if event["event"] == "over_budget":
-            self._stop_over_budget(context, task_id, _wire.to_decimal(event.get("cost")))
+            self._stop_over_budget(
+                context, task_id, _wire.to_decimal(event.get("cost")), stopped=event.get("stopped") is True
+            )
         return self._finish(context, task_id)
 
-    def _stop_over_budget(self, context: Context, task_id: str, cost: Any) -> None:
-        """Stop the task (and a one-off session) that passed ``max_cost_usd``, and fail for good."""
+    def _stop_over_budget(self, context: Context, task_id: str, cost: Any, *, stopped: bool = False) -> None:
+        """Stop the task (and a one-off session) that passed ``max_cost_usd``, and fail for good.
+
+        Always, whatever ``stop_on_give_up`` says: a budget is a promise to stop paying.
+
+        :param stopped: the trigger stopped it already.
+        """
         assert self.max_cost_usd is not None
-        self._waited_task_id = task_id
-        self._stop_remote_work(f"its cost ${cost} passed max_cost_usd={self.max_cost_usd}")
+        self._waited_task_id = None
+        if not stopped:
+            stopped = _common.stop_task_quietly(self.hook, self.log, task_id, stop_session=self._owns_session)
         _common.push_cost(context["ti"], cost)
-        raise _common.over_budget_failure(task_id, cost, self.max_cost_usd)
+        raise _common.over_budget_failure(task_id, cost, self.max_cost_usd, stopped=stopped)
 
     def _finish(self, context: Context, task_id: str) -> Any:
         self._waited_task_id = None  # it has ended: nothing left to stop

@@ -205,7 +205,9 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
         """Resume after the deferred wait; a task past its budget is stopped and fails the sensor."""
         checked = self.checked_event(event)
         if checked["event"] == "over_budget":
-            self._stop_over_budget(context, _wire.to_decimal(checked.get("cost")))
+            self._stop_over_budget(
+                context, _wire.to_decimal(checked.get("cost")), stopped=checked.get("stopped") is True
+            )
         return super().execute_complete(context, event)
 
     def poke(self, context: Context) -> PokeReturnValue:
@@ -229,13 +231,9 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
         _common.annotate_outlets(context, self.outlets, finished, self.log)
         return PokeReturnValue(is_done=True, xcom_value=finished.output)
 
-    def _stop_over_budget(self, context: Context, cost: Any) -> None:
+    def _stop_over_budget(self, context: Context, cost: Any, *, stopped: bool = False) -> None:
         assert self.max_cost_usd is not None
-        try:
-            self.hook.stop_task(self.watched_id)  # a one-off session closes with its task
-        except Exception as error:
-            self.log.error("Could not stop Browser Use task %s (%s): stop it by hand.", self.watched_id, error)
-        else:
-            self.log.warning("Stopped Browser Use task %s: its cost $%s passed max_cost_usd.", self.watched_id, cost)
+        if not stopped:  # a one-off session closes with its task
+            stopped = _common.stop_task_quietly(self.hook, self.log, self.watched_id, stop_session=False)
         _common.push_cost(context["ti"], cost)
-        raise _common.over_budget_failure(self.watched_id, cost, self.max_cost_usd)
+        raise _common.over_budget_failure(self.watched_id, cost, self.max_cost_usd, stopped=stopped)

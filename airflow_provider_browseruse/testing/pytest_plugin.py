@@ -11,7 +11,9 @@ operator, sensor and hook with the default connection talks to it. Run whole DAG
 :func:`airflow_provider_browseruse.testing.run_dag`.
 
 Unless ``AIRFLOW_HOME`` is set, the test session gets a fresh one in a temporary folder (with
-its own SQLite metadata database, and no example DAGs), so tests never touch ``~/airflow``.
+its own SQLite metadata database, whatever ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` says, and no
+example DAGs), so tests never touch ``~/airflow`` or a real database. Set ``AIRFLOW_HOME`` to
+use your own configuration instead.
 """
 
 from __future__ import annotations
@@ -34,10 +36,21 @@ _own_airflow_home: str | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _own_airflow_home
-    if "AIRFLOW_HOME" in os.environ or "airflow.configuration" in sys.modules:
-        return  # the user's own home, or Airflow already read its configuration: too late to move it
+    if "AIRFLOW_HOME" in os.environ:
+        return  # the user's own home and configuration
+    if "airflow.configuration" in sys.modules:
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                "airflow_provider_browseruse: Airflow read its configuration before this plugin could give the "
+                "tests a home of their own; they use ~/airflow. Set AIRFLOW_HOME, or load the plugin first."
+            ),
+            stacklevel=2,
+        )
+        return
     _own_airflow_home = tempfile.mkdtemp(prefix="airflow-home-")
     os.environ["AIRFLOW_HOME"] = _own_airflow_home
+    # Its own database too: run_dag creates or migrates it, and must never touch one named elsewhere.
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_own_airflow_home}/airflow.db"
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 

@@ -89,13 +89,15 @@ class _PollingTrigger(BaseTrigger):
 
 class TaskStatusTrigger(_PollingTrigger):
     """Fire when a task has ended (``ended``), passed ``max_cost_usd`` while running
-    (``over_budget``, with its ``cost``), at the deadline (``timeout``) or on an API error
-    (``error``).
+    (``over_budget``, with its ``cost``; the trigger stops it first, and its session too when
+    it ``owns_session``, and says whether that worked in ``stopped``), at the deadline
+    (``timeout``) or on an API error (``error``).
 
     With ``end_from_trigger``, a task that ended well ends its Airflow task here, with no worker:
     the trigger fetches the final task, judges it by ``success_policy``, parses its output
-    against ``output_schema``, and fires Airflow's ``TaskSuccessEvent`` carrying the XComs the
-    operator would push (``task``, and the output as ``return_value`` when ``push_output``).
+    against ``output_schema``, pushes the XComs the operator would push (``task``,
+    ``cost_usd``, and the output as ``return_value`` when ``push_output``), and fires Airflow's
+    ``TaskSuccessEvent``.
     A failure or an output that does not parse fires ``ended`` as without it, and the operator
     handles it on a worker; an error fetching the task is an ``error`` event, as for a poll.
 
@@ -163,7 +165,7 @@ class TaskStatusTrigger(_PollingTrigger):
             return self.event("ended", task_status=view["status"])
         cost = _wire.over_budget(view, self.max_cost_usd)
         if cost is not None:
-            return self.event("over_budget", cost=str(cost))
+            return self.event("over_budget", cost=str(cost), stopped=await self._stop_at_budget(hook, cost))
         if view.get("status") != self._last_status:
             self._last_status = view.get("status")
             if status is None:
@@ -189,14 +191,50 @@ class TaskStatusTrigger(_PollingTrigger):
             output = _wire.parse_output(task.get("output"), self.output_schema)
         except ValueError:
             return None  # the worker fails it with the schema error
-        self.log.info("%s. Ended here, in the triggerer: no worker needed.", _wire.outcome(task))
         xcoms: dict[str, Any] = {
             _common.TASK_KEY: _wire.task_without_steps(task),
             _common.COST_KEY: float(_wire.to_decimal(task.get("cost"))),
         }
         if self.push_output:
             xcoms["return_value"] = output
-        return TaskSuccessEvent(xcoms=xcoms)
+        if not await self._push_xcoms(xcoms):
+            return None
+        self.log.info("%s. Ended here, in the triggerer: no worker needed.", _wire.outcome(task))
+        return TaskSuccessEvent()
+
+    async def _push_xcoms(self, xcoms: dict[str, Any]) -> bool:
+        """Push XComs as a worker does (the SDK's XCom, through the triggerer's supervisor).
+
+        Not through TaskSuccessEvent's own ``xcoms``: Airflow 3.3 stores those JSON-encoded once
+        more, and a downstream task would get the string '"..."'. Without a task instance (a
+        trigger run outside a triggerer) nothing is pushed, and a worker finishes the task.
+        """
+        ti = getattr(self, "task_instance", None)
+        if ti is None:
+            return False
+        from airflow.sdk.execution_time.xcom import XCom
+        from asgiref.sync import sync_to_async
+
+        where = {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
+        for key, value in xcoms.items():  # each waits for a round of the triggerer's supervisor
+            await sync_to_async(XCom.set)(key=key, value=value, **where)
+        return True
+
+    async def _stop_at_budget(self, hook: BrowserUseAsyncHook, cost: Any) -> bool:
+        """Stop the task here, at once: a worker may take minutes to take the event."""
+        try:
+            await hook.stop_task(self.watched_id, stop_session=self.owns_session)
+        except Exception as error:
+            self.log.error(
+                "Could not stop task %s at its budget (%s); a worker will try.",
+                self.watched_id,
+                hook.redact(str(error)),
+            )
+            return False
+        self.log.warning(
+            "Stopped task %s: its cost $%s passed max_cost_usd=%s.", self.watched_id, cost, self.max_cost_usd
+        )
+        return True
 
     async def on_kill(self) -> None:
         if not self.stop_on_give_up:

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,8 +52,12 @@ OURS = (
 HTTP_PROVIDER = "import airflow.providers.http.operators.http"
 
 
+HOMES: list[str] = []
+
+
 def child_env() -> dict[str, str]:
     home = tempfile.mkdtemp(prefix="bench-airflow-home-")
+    HOMES.append(home)  # removed at the end of main()
     env = {**os.environ, "AIRFLOW_HOME": home, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure imports as installed: from bytecode, not source
     return env
@@ -448,7 +453,17 @@ def main() -> int:
     if args.trigger_child:
         trigger_child(*args.trigger_child)
         return 0
-    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-home-"))
+    if "AIRFLOW_HOME" not in os.environ:
+        os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="bench-airflow-home-")
+        HOMES.append(os.environ["AIRFLOW_HOME"])
+    try:
+        return _run(args)
+    finally:
+        for home in HOMES:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace) -> int:
     figures: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "command": "make bench" + (" (--quick)" if args.quick else ""),

@@ -109,3 +109,16 @@ def test_bare_browsers_are_stopped_only_with_include_all_past_max_age(emulator: 
     assert statuses == {old: "stopped", young: "active", agents: "active"}
     for bid in (young, agents):
         state.stop_browser(bid)
+
+
+def test_one_failing_session_does_not_leave_the_others_billing(
+    emulator: BrowserUseEmulator, mix: dict[str, str]
+) -> None:
+    broken = mix["ours_idle_old"]
+    emulator.add_fault(method="PATCH", path=f"/sessions/{broken}", status=403, times=10)
+    ctx = task_context()
+    with pytest.raises(Exception, match=rf"1 could not be swept \(the rest were\): session {broken}: .*403"):
+        StopIdleSessionsOperator(task_id="sweep", max_idle=HOUR, max_age=6 * HOUR).execute(ctx)
+    assert stopped(emulator, mix) == {"ours_idle_recent_but_old"}  # the sweep went on past it
+    assert ctx["ti"].xcom["cost_usd"] == pytest.approx(0.021)
+    emulator.clear_faults()

@@ -821,7 +821,9 @@ class StopIdleSessionsOperator(BrowserUseBaseOperator):
     Returns, and logs, one entry per session or browser stopped (or, with ``dry_run``, that
     would be): ``kind`` (``session`` or ``browser``), ``session_id`` or ``browser_id``,
     ``age_seconds``, ``cost_usd`` (what it has cost so far) and ``reason``; for sessions also
-    ``idle_seconds`` and ``running_task_id``. Pushes their total cost as ``cost_usd``.
+    ``idle_seconds`` and ``running_task_id``. Pushes their total cost as ``cost_usd``. An error
+    on one session or browser does not stop the sweep: it goes on, then fails naming each one
+    it could not sweep (a retry sweeps again).
 
     :param max_idle: seconds (or a timedelta) a session may sit idle.
     :param max_age: seconds (or a timedelta) a session may live; None for no limit.
@@ -852,19 +854,26 @@ class StopIdleSessionsOperator(BrowserUseBaseOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         now = time.time()
-        found = []
+        found: list[dict[str, Any]] = []
+        failed: list[str] = []  # one session's error must not leave the others billing
         for item in self.hook.list_sessions(status=_wire.SessionStatus.ACTIVE):
             try:
                 view = self.hook.get_session(str(item["id"]))
+                why = self._reason_to_stop(view, now)
+                if why is not None:
+                    found.append(self._stop(view, now, why))
             except BrowserUseAPIError as error:
-                if error.is_not_found:
-                    continue  # gone since it was listed
-                raise
-            why = self._reason_to_stop(view, now)
-            if why is not None:
-                found.append(self._stop(view, now, why))
+                if not error.is_not_found:  # else it is gone since it was listed
+                    self.log.error("Could not sweep session %s: %s", item.get("id"), error)
+                    failed.append(f"session {item.get('id')}: {error}")
         if self.include_all and self.max_age is not None:
-            found += self._stop_old_browsers(now)
+            found += self._stop_old_browsers(now, failed)
+        self._report(context, found)
+        if failed:
+            raise AirflowException(f"{len(failed)} could not be swept (the rest were): " + "; ".join(failed))
+        return found
+
+    def _report(self, context: Context, found: list[dict[str, Any]]) -> None:
         what = "would stop" if self.report_only else "stopped"
         total = sum((_wire.to_decimal(entry["cost_usd"]) for entry in found), _wire.to_decimal(0))
         self.log.info(
@@ -874,9 +883,8 @@ class StopIdleSessionsOperator(BrowserUseBaseOperator):
             total,
         )
         _common.push_cost(context["ti"], total)
-        return found
 
-    def _stop_old_browsers(self, now: float) -> list[dict[str, Any]]:
+    def _stop_old_browsers(self, now: float, failed: list[str]) -> list[dict[str, Any]]:
         """Bare browsers (``/browsers``) past ``max_age``: the provider starts none, and their
         idleness cannot be seen, so only ``include_all`` with ``max_age`` touches them. An agent
         session's own browser is left to that session's rules."""
@@ -888,7 +896,12 @@ class StopIdleSessionsOperator(BrowserUseBaseOperator):
                 continue
             browser_id, cost = str(view["id"]), _wire.browser_cost(view)
             why = f"{age:.0f} s old (max_age {self.max_age:.0f} s)"
-            self._stop_unless_reporting(self.hook.stop_browser, browser_id)
+            try:
+                self._stop_unless_reporting(self.hook.stop_browser, browser_id)
+            except BrowserUseAPIError as error:
+                self.log.error("Could not stop browser %s: %s", browser_id, error)
+                failed.append(f"browser {browser_id}: {error}")
+                continue
             verb = "Would stop" if self.report_only else "Stopped"
             self.log.warning("%s browser %s: %s; it had cost $%s.", verb, browser_id, why, cost)
             found.append(

@@ -25,6 +25,11 @@ os.environ.pop("BROWSER_USE_API_KEY", None)
 
 from airflow_provider_browseruse.testing import BrowserUseEmulator  # noqa: E402
 
+try:  # Airflow 3.2+ (imported after the set-up above, as everything of Airflow's must be)
+    from airflow.sdk.exceptions import TaskDeferred as TaskDeferred
+except ImportError:  # Airflow 3.1
+    from airflow.exceptions import TaskDeferred as TaskDeferred  # type: ignore[no-redef,attr-defined]
+
 pytest_plugins = ["airflow_provider_browseruse.testing.pytest_plugin"]
 
 MOCK_BASE_URL = "https://api.browser-use.test/api/v2"

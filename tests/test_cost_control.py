@@ -24,12 +24,7 @@ from airflow_provider_browseruse.operators.browser_use import (
 from airflow_provider_browseruse.sensors.browser_use import TaskCompletedSensor
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
 from airflow_provider_browseruse.triggers.browser_use import TaskStatusTrigger
-from tests.conftest import first_event, task_context
-
-try:
-    from airflow.sdk.exceptions import TaskDeferred
-except ImportError:  # Airflow 3.1
-    from airflow.exceptions import TaskDeferred  # type: ignore[no-redef,attr-defined]
+from tests.conftest import TaskDeferred, first_event, task_context
 
 RATE = Decimal("0.50")  # USD a second
 CAP = 0.40
@@ -52,10 +47,13 @@ def assert_stopped_at_budget(emulator: BrowserUseEmulator, ctx: dict[str, Any], 
     assert isinstance(error, AirflowFailException)  # not retried: a retry would pay again
 
 
-def test_a_task_past_its_budget_is_stopped_and_fails(emulator: BrowserUseEmulator) -> None:
+@pytest.mark.parametrize("stop_on_give_up", [True, False])  # a budget stops the task either way
+def test_a_task_past_its_budget_is_stopped_and_fails(emulator: BrowserUseEmulator, stop_on_give_up: bool) -> None:
     pricey(emulator)
     ctx = task_context()
-    op = RunTaskOperator(task_id="run", task="pricey job", poll_interval=POLL, max_cost_usd=CAP)
+    op = RunTaskOperator(
+        task_id="run", task="pricey job", poll_interval=POLL, max_cost_usd=CAP, stop_on_give_up=stop_on_give_up
+    )
     with pytest.raises(AirflowFailException) as failed:
         op.execute(ctx)
     assert_stopped_at_budget(emulator, ctx, failed.value)
@@ -79,15 +77,6 @@ def test_a_deferred_task_past_its_budget_is_stopped_and_fails(emulator: BrowserU
         )
     assert_stopped_at_budget(emulator, ctx, failed.value)
     assert emulator.count("PATCH", f"/tasks/{task.id}") == 1  # stopped once, by the trigger
-
-
-def test_a_budget_stops_the_task_even_with_stop_on_give_up_off(emulator: BrowserUseEmulator) -> None:
-    pricey(emulator)
-    ctx = task_context()
-    op = RunTaskOperator(task_id="run", task="pricey job", poll_interval=POLL, max_cost_usd=CAP, stop_on_give_up=False)
-    with pytest.raises(AirflowFailException) as failed:
-        op.execute(ctx)
-    assert_stopped_at_budget(emulator, ctx, failed.value)
 
 
 def test_a_failed_stop_at_the_budget_says_so(emulator: BrowserUseEmulator) -> None:

@@ -7,7 +7,6 @@ from typing import Any
 import pydantic
 import pytest
 import requests_mock as rm
-from airflow.exceptions import TaskDeferred
 from airflow.sdk import DAG, task
 
 from airflow_provider_browseruse import _common
@@ -15,7 +14,7 @@ from airflow_provider_browseruse._compat import AirflowFailException
 from airflow_provider_browseruse.decorators.browser_use import _BrowserUseDecoratedOperator, browser_use_task
 from airflow_provider_browseruse.operators.browser_use import RunTaskOperator
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
-from tests.conftest import first_event, task_context
+from tests.conftest import TaskDeferred, first_event, task_context
 
 
 class Shelf(pydantic.BaseModel):

@@ -36,13 +36,8 @@ from airflow_provider_browseruse.operators.browser_use import (
 )
 from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
-from tests.conftest import FakeTaskInstance, as_in_the_triggerer
+from tests.conftest import FakeTaskInstance, TaskDeferred, as_in_the_triggerer
 from tests.hostile import HostileServer, json_answer
-
-try:
-    from airflow.sdk.exceptions import TaskDeferred
-except ImportError:  # Airflow 3.1
-    from airflow.exceptions import TaskDeferred  # type: ignore[no-redef,attr-defined]
 
 pytestmark = pytest.mark.dag  # slow-ish: about a minute
 

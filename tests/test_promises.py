@@ -12,12 +12,7 @@ from airflow_provider_browseruse._compat import AirflowException
 from airflow_provider_browseruse.operators import RunTaskOperator
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
 from airflow_provider_browseruse.triggers import TaskStatusTrigger
-from tests.conftest import first_event, task_context
-
-try:
-    from airflow.sdk.exceptions import TaskDeferred
-except ImportError:  # Airflow 3.1
-    from airflow.exceptions import TaskDeferred  # type: ignore[no-redef,attr-defined]
+from tests.conftest import TaskDeferred, first_event, task_context
 
 
 def test_a_retry_uses_the_task_an_earlier_try_finished(emulator: BrowserUseEmulator) -> None:

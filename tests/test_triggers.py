@@ -17,12 +17,7 @@ from airflow_provider_browseruse.operators.browser_use import RunTaskOperator, S
 from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor, TaskCompletedSensor
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
 from airflow_provider_browseruse.triggers.browser_use import SessionStatusTrigger, TaskStatusTrigger
-from tests.conftest import FakeTaskInstance, as_in_the_triggerer, first_event, task_context
-
-try:
-    from airflow.sdk.exceptions import TaskDeferred
-except ImportError:  # Airflow 3.1
-    from airflow.exceptions import TaskDeferred  # type: ignore[no-redef,attr-defined]
+from tests.conftest import FakeTaskInstance, TaskDeferred, as_in_the_triggerer, first_event, task_context
 
 UNKNOWN = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
 

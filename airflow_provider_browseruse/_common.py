@@ -451,7 +451,7 @@ def output_file_names(files: Sequence[Any]) -> list[tuple[str, str]]:
             file_id = _wire.require_uuid(file.get("id") if isinstance(file, Mapping) else None, "outputFiles[].id")
         except ValueError as error:
             raise AirflowException(f"The API listed an output file that cannot be fetched: {error}") from None
-        name = "".join("_" if char in "/\\" or not char.isprintable() else char for char in str(given or "")).strip()
+        name = _one_component(str(given or ""))
         if name.strip(".") == "":
             raise AirflowException(f"Output file {file_id} has no name it could be saved under: {given!r}")
         name = _shortened(name)
@@ -462,6 +462,11 @@ def output_file_names(files: Sequence[Any]) -> list[tuple[str, str]]:
     return names
 
 
+def _one_component(text: str) -> str:
+    """``text`` as one path component: separators and control characters become ``_``."""
+    return "".join("_" if char in "/\\" or not char.isprintable() else char for char in text).strip()
+
+
 def _shortened(name: str) -> str:
     stem, dot, suffix = name.rpartition(".")
     extension = dot + suffix if stem and len(suffix) <= 16 else ""
@@ -469,3 +474,135 @@ def _shortened(name: str) -> str:
     while len((head + extension).encode()) > MAX_FILE_NAME_BYTES:
         head = head[:-1]
     return head + extension
+
+
+# --- API v4 runs -------------------------------------------------------------------------------
+
+RUN_ID_KEY = "run_id"
+WORKSPACE_ID_KEY = "workspace_id"
+#: The final run, trimmed (``_wire_v4.run_for_xcom``).
+RUN_KEY = "run"
+#: The v4 session's cost so far, by kind (LLM, search, browser, proxy, total), as decimal strings.
+SESSION_COST_KEY = "session_cost"
+RUN_EVENTS = frozenset({"ended", "over_budget", "timeout", "error"})
+
+
+def run_event(event: Any, expected_run_id: str) -> dict[str, Any]:
+    """Return an AgentRunTrigger event once checked: a known kind, about ``expected_run_id``, and
+    for ``ended`` a terminal status.
+
+    :raises AirflowException: any other event.
+    """
+    from airflow_provider_browseruse import _wire_v4
+
+    checked = _checked_event(event, RUN_ID_KEY, expected_run_id, RUN_EVENTS)
+    if checked["event"] == "ended" and not _wire_v4.is_terminal({"status": checked.get("run_status")}):
+        raise AirflowException(f"The trigger reported an end with status {checked.get('run_status')!r}: {event!r}")
+    return checked
+
+
+def push_agent_session(ti: Any, hook: BrowserUseHook, session_id: str) -> None:
+    """Push a v4 session's id and its page's URL (for the extra link)."""
+    ti.xcom_push(key=SESSION_ID_KEY, value=session_id)
+    ti.xcom_push(key=SESSION_URL_KEY, value=hook.agent_session_ui_url(session_id))
+
+
+def over_budget_run_failure(
+    run_id: str, cost: Decimal, max_cost_usd: float, *, cancelled: bool
+) -> AirflowFailException:
+    """The failure for a run past its budget: final, since a retry would pay again."""
+    what = "it was ended" if cancelled else "cancelling it FAILED: cancel it by hand"
+    return AirflowFailException(
+        f"Browser Use run {run_id} has cost ${cost}, past max_cost_usd={max_cost_usd}; {what}. "
+        "Not retried: a retry would start a new run and pay again."
+    )
+
+
+def stop_run_quietly(hook: BrowserUseHook, log: Log, run_id: str, session_id: str | None) -> bool:
+    """Cancel a v4 run and, given its session (one this task started), stop the session's browsers.
+
+    Logs instead of raising; returns whether everything worked.
+    """
+    worked = True
+    try:
+        hook.cancel_run(run_id)
+    except Exception as error:
+        log.error("Could not cancel Browser Use run %s (%s): cancel it by hand.", run_id, error)
+        worked = False
+    if session_id is not None:
+        worked = stop_browsers_quietly(hook, log, session_id) and worked
+    return worked
+
+
+def stop_browsers_quietly(hook: BrowserUseHook, log: Log, session_id: str) -> bool:
+    """Stop a v4 session's live browsers; logs instead of raising. Returns whether it worked."""
+    try:
+        stopped = hook.stop_agent_session_browsers(session_id)
+    except Exception as error:
+        log.error("Could not stop the browser of Browser Use session %s (%s): stop it by hand.", session_id, error)
+        return False
+    if stopped:
+        log.info("Stopped the browser of Browser Use session %s (it bills while it is up).", session_id)
+    return True
+
+
+def parsed_run_output(run: Mapping[str, Any], structured_output: Any) -> Any:
+    """A completed run's answer: the text, or with ``structured_output`` the JSON checked against it.
+
+    The server's own ``output`` (with an ``outputSchema``) is checked again here: a schema the
+    server could not enforce must not reach a downstream task unchecked.
+
+    :raises ValueError: the answer is not JSON, or does not match the schema.
+    """
+    from airflow_provider_browseruse import _wire_v4
+
+    schema = schema_of(structured_output)
+    output = _wire.parse_output(_wire_v4.run_output_text(run), schema)
+    if isinstance(structured_output, type):
+        model: Any = structured_output
+        output = model.model_validate(output).model_dump(mode="json")
+    return output
+
+
+def workspace_file_names(files: Sequence[Any], skip_prefix: str = "uploads/") -> list[tuple[Mapping[str, Any], str]]:
+    """Return ``(file, name)`` for each workspace file a run wrote (not the uploads): one safe path
+    component each, all distinct (folders become ``_``; a taken name gets a number in front).
+
+    :raises AirflowException: a listed file without a download URL or a usable path.
+    """
+    names: list[tuple[Mapping[str, Any], str]] = []
+    taken: set[str] = set()
+    for number, file in enumerate(files, start=1):
+        path = file.get("path") if isinstance(file, Mapping) else None
+        if not isinstance(path, str) or path.startswith(skip_prefix):
+            continue
+        if not isinstance(file.get("url"), str):
+            raise AirflowException(f"The API listed workspace file {path!r} without a download URL.")
+        name = _one_component(path)
+        if name.strip("._") == "":
+            raise AirflowException(f"Workspace file {path!r} has no name it could be saved under.")
+        name = _shortened(name)
+        if name.casefold() in taken:
+            name = f"{number}-{name}"
+        taken.add(name.casefold())
+        names.append((file, name))
+    return names
+
+
+def copy_workspace_files(hook: BrowserUseHook, log: Log, run_id: str, workspace_id: str, target: Any) -> list[str]:
+    """Copy what a run wrote to its workspace under ``target``/<run id>/; return the paths.
+
+    The folder is named after the id this task checked; download URLs are never logged.
+    """
+    files = hook.list_workspace_files(workspace_id, include_urls=True)
+    names = workspace_file_names(files)
+    folder = ObjectStoragePath(str(target)) / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for file, name in names:
+        path = folder / name
+        with path.open("wb") as destination:
+            size = hook.download(str(file["url"]), destination, call=f"download({name})")
+        log.info("Saved workspace file %s (%d bytes) to %s", file.get("path"), size, path)
+        paths.append(str(path))
+    return paths

@@ -19,12 +19,13 @@ from airflow_provider_browseruse.testing import EmulatorProcess
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
 DAG_ID = "browser_use_scrape"
+V4_DAG_ID = "browser_use_v4_pipeline"
 
 
-def results(database: Path) -> tuple[dict[str, str], dict[tuple[str, str], object]]:
+def results(database: Path, dag_id: str = DAG_ID) -> tuple[dict[str, str], dict[tuple[str, str], object]]:
     with sqlite3.connect(database) as db:
         run_id = db.execute(
-            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (DAG_ID,)
+            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
         ).fetchone()[0]
         states = dict(db.execute("SELECT task_id, state FROM task_instance WHERE run_id = ?", (run_id,)).fetchall())
         rows = db.execute("SELECT task_id, key, value FROM xcom WHERE run_id = ?", (run_id,)).fetchall()
@@ -75,12 +76,39 @@ def main() -> int:
         for task_id, what in lines.items():
             state = states.get(task_id) or "not run"
             print(f"  {task_id:<15} {state:<8} {what if state == 'success' else ''}".rstrip())
+        v4_log = WORK / "dags-test-v4.log"
+        print(f"Browser Use demo: DAG {V4_DAG_ID!r} (API v4) against the same API")
+        with v4_log.open("w") as log:
+            v4_run = subprocess.run(
+                [sys.executable, "-m", "airflow", "dags", "test", V4_DAG_ID],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        states, xcom = results(home / "airflow.db", V4_DAG_ID)
+        session_cost = xcom.get(("end_session", "session_cost")) or {}
+        ended = xcom.get(("end_session", "return_value")) or {}
+        lines = {
+            "price_check": json.dumps(xcom.get(("price_check", "return_value"))),
+            "cheapest": json.dumps(xcom.get(("cheapest", "return_value"))),
+            "report": json.dumps(xcom.get(("report", "return_value"))),
+            "end_session": f"{len(ended.get('stopped_browsers') or [])} browser(s) stopped; session cost "  # type: ignore[union-attr]
+            f"${float(session_cost.get('totalCostUsd') or 0):.4f}",  # type: ignore[union-attr]
+        }
+        for task_id, what in lines.items():
+            state = states.get(task_id) or "not run"
+            print(f"  {task_id:<15} {state:<8} {what if state == 'success' else ''}".rstrip())
         if emulator is not None:
-            print(f"Active sessions left on the emulator: {emulator.admin('state')['activeSessionCount']}")
-        print(f"Full log: {log_path.relative_to(ROOT)}")
-        if run.returncode != 0:
-            print(f"The DAG run failed (airflow dags test exited {run.returncode}); see the log.")
-        return run.returncode
+            state = emulator.admin("state")
+            print(
+                f"Left on the emulator: {state['activeSessionCount']} active v2 session(s), "
+                f"{state['activeRunCount']} active v4 run(s), {state['activeBrowserCount']} active browser(s)"
+            )
+        print(f"Full logs: {log_path.relative_to(ROOT)}, {v4_log.relative_to(ROOT)}")
+        for code, dag_id in ((run.returncode, DAG_ID), (v4_run.returncode, V4_DAG_ID)):
+            if code != 0:
+                print(f"The DAG run of {dag_id} failed (airflow dags test exited {code}); see the log.")
+        return run.returncode or v4_run.returncode
     finally:
         if emulator is not None:
             emulator.stop()

@@ -268,3 +268,25 @@ def test_sweeper_stops_a_forgotten_session(dagbag: Any, emulator: BrowserUseEmul
     assert emulator.state.get_session(forgotten)["status"] == "stopped"
     assert emulator.state.get_session(watched)["status"] == "active"
     emulator.state.stop_session(watched)
+
+
+def test_v4_pipeline_with_an_input_file_a_follow_up_and_a_teardown(dagbag: Any, emulator: BrowserUseEmulator) -> None:
+    from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+
+    emulator.state.scenario = (
+        Scenario()
+        .add("books.toscrape.com", output_json=BOOKS, duration=0.3, cost="0.12")
+        .add("which is the cheapest", output="Dune", duration=0.1, cost="0.01")
+    )
+    dag_run, states, xcom = run_dag(dagbag, "browser_use_v4_pipeline")
+    assert str(dag_run.state) == "success"
+    assert states == {"price_check": "success", "cheapest": "success", "report": "success", "end_session": "success"}
+    session_id = xcom[("price_check", "session_id")]
+    assert xcom[("cheapest", "session_id")] == session_id  # the follow-up continued the conversation
+    assert xcom[("price_check", "return_value")] == BOOKS
+    assert xcom[("report", "return_value")] == {"priced": 2, "cheapest": "Dune"}
+    attachments = BrowserUseHook().get_run_attachments(xcom[("price_check", "run_id")])
+    assert [(a["name"], a["status"]) for a in attachments] == [("wanted_books.csv", "uploaded")]
+    assert len(xcom[("end_session", "return_value")]["stopped_browsers"]) == 1  # the kept-alive browser
+    assert float(xcom[("end_session", "session_cost")]["totalCostUsd"]) >= 0.13
+    assert emulator.active_run_count() == 0 and emulator.active_browser_count() == 0

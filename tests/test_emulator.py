@@ -330,6 +330,9 @@ def test_admin_api(emulator: BrowserUseEmulator) -> None:
         "taskCount": 0,
         "peakActiveSessions": 0,
         "refusedAtCap": 0,
+        "activeRunCount": 0,
+        "activeBrowserCount": 0,
+        "runCount": 0,
     }
     logged = requests.get(f"{admin}/requests", timeout=5).json()
     assert {"method": "POST", "path": "/sessions", "status": 500} in [

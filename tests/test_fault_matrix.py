@@ -108,6 +108,14 @@ def run_op(op: Any, ti: FakeTaskInstance) -> Any:
         return getattr(op, method_name)(context, event.payload)
 
 
+def logged_path(url: str) -> str:
+    """A URL's path as the emulator logs it: below /api/v2, or /v4/... for API v4."""
+    found = re.search(r"/api/(v\d)(/[^?]*)", url)
+    if found is None:
+        return url
+    return found.group(2) if found.group(1) == "v2" else f"/{found.group(1)}{found.group(2)}"
+
+
 @contextlib.contextmanager
 def refused_once(method: str, path: str) -> Iterator[None]:
     """Fail the first matching request the way requests and httpx fail on ECONNREFUSED."""
@@ -116,8 +124,7 @@ def refused_once(method: str, path: str) -> Iterator[None]:
     real_async = httpx.AsyncClient.send
 
     def matches(request_method: str, url: str) -> bool:
-        below = url.split("/api/v2", 1)[-1].split("?")[0]
-        if left["n"] and request_method == method and re.fullmatch(path, below):
+        if left["n"] and request_method == method and re.fullmatch(path, logged_path(url)):
             left["n"] -= 1
             return True
         return False

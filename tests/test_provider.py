@@ -59,7 +59,7 @@ def test_dag_parsing_does_not_import_an_http_client() -> None:
     code = (
         "import sys, airflow.sdk\n"
         "before = set(sys.modules)\n"
-        "import airflow_provider_browseruse.operators.browser_use, airflow_provider_browseruse.sensors.browser_use\n"
+        "import airflow_provider_browseruse.operators, airflow_provider_browseruse.sensors\n"
         "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in ('requests', 'urllib3', 'jsonschema', 'fastapi')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -109,11 +109,14 @@ def test_public_classes_are_re_exported_by_their_packages() -> None:
         "RunTaskOperator",
         "StopSessionOperator",
         "StopTaskOperator",
+        "RunAgentOperator",
+        "EndAgentSessionOperator",
     }
-    assert set(sensors.__all__) >= {"SessionStoppedSensor", "TaskCompletedSensor"}
-    assert set(triggers.__all__) == {"SessionStatusTrigger", "TaskStatusTrigger"}
+    assert set(sensors.__all__) >= {"SessionStoppedSensor", "TaskCompletedSensor", "AgentRunSensor"}
+    assert set(triggers.__all__) == {"SessionStatusTrigger", "TaskStatusTrigger", "AgentRunTrigger"}
     assert set(hooks.__all__) == {"BrowserUseHook", "BrowserUseAsyncHook"}
     assert links.__all__ == ["BrowserUseSessionLink"]
     for package in (hooks, links, operators, sensors, triggers):
         for name in package.__all__:
-            assert getattr(package, name).__module__ == f"{package.__name__}.browser_use", name
+            module = getattr(package, name).__module__
+            assert module in (f"{package.__name__}.browser_use", f"{package.__name__}.browser_use_v4"), name

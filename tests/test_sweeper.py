@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -122,3 +123,71 @@ def test_one_failing_session_does_not_leave_the_others_billing(
     assert stopped(emulator, mix) == {"ours_idle_recent_but_old"}  # the sweep went on past it
     assert ctx["ti"].xcom["cost_usd"] == pytest.approx(0.021)
     emulator.clear_faults()
+
+
+class ShiftedClock:
+    """The emulator's clock, set back ``offset`` seconds while the past is seeded."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() - self.offset
+
+
+def seed_v4(emulator: BrowserUseEmulator, clock: ShiftedClock, *, ours: bool, busy: bool, age: float) -> str:
+    """A v4 conversation started ``age`` s ago whose browser is kept alive 4 h; its one run
+    ended a second later (or still runs). Ours: in a workspace named as RunAgentOperator names it."""
+    from browser_use_sdk.v4 import BrowserUse
+
+    client = BrowserUse(api_key=emulator.state.api_key, base_url=emulator.v4_base_url)
+    clock.offset = age
+    try:
+        workspace = client.workspaces.create(name="airflow-scrape.t-0123456789abcdef01234567") if ours else None
+        run = client.runs.create(
+            "busy job" if busy else "done job",
+            keep_alive=14_400,
+            workspace_id=str(workspace.id) if workspace else None,
+        )
+    finally:
+        clock.offset = 0.0
+    return str(run.session_id)
+
+
+def test_v4_conversations_are_swept_by_the_same_rules_beside_v2_sessions(
+    emulator: BrowserUseEmulator, mix: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = ShiftedClock()
+    monkeypatch.setattr(emulator.state, "clock", clock)
+    v4 = {
+        "v4_ours_idle_old": seed_v4(emulator, clock, ours=True, busy=False, age=3 * HOUR),
+        "v4_ours_idle_young": seed_v4(emulator, clock, ours=True, busy=False, age=1200),
+        "v4_ours_busy": seed_v4(emulator, clock, ours=True, busy=True, age=2 * HOUR),
+        "v4_foreign_idle_old": seed_v4(emulator, clock, ours=False, busy=False, age=3.5 * HOUR),
+    }
+
+    def browser_stopped() -> set[str]:
+        active = {b["agentSessionId"] for b in emulator.state.list_browsers("active")}
+        return {name for name, sid in v4.items() if sid not in active}
+
+    dry, _ = run(dry_run=True)
+    assert browser_stopped() == set() and emulator.count("PATCH", "/v4/browsers/.+") == 0
+    found, xcom = run()
+    assert stopped(emulator, mix) == {"ours_idle_old", "ours_idle_recent_but_old"}  # v2 as before
+    assert browser_stopped() == {"v4_ours_idle_old"}
+    entry = next(e for e in found if e["kind"] == "agent_session")
+    assert entry["session_id"] == v4["v4_ours_idle_old"] and entry["reason"].startswith("idle for 10")
+    assert entry["cost_usd"] > 0.02 and entry["running_run_id"] is None  # the run and 3 h of browser
+    assert [e["session_id"] for e in dry] == [e["session_id"] for e in found]
+    assert xcom["cost_usd"] == pytest.approx(0.042 + entry["cost_usd"])
+    ctx = task_context()
+    wide = StopIdleSessionsOperator(
+        task_id="sweep", max_idle=HOUR, max_age=1.5 * HOUR, include_all=True, include_running=True
+    ).execute(ctx)
+    assert browser_stopped() == {"v4_ours_idle_old", "v4_ours_busy", "v4_foreign_idle_old"}
+    busy = next(e for e in wide if e.get("session_id") == v4["v4_ours_busy"])
+    assert busy["running_run_id"] is not None and busy["idle_seconds"] is None
+    assert emulator.state.v4.get_run(busy["running_run_id"])["status"] == "cancelled"
+    for sid in (v4["v4_ours_idle_young"],):
+        emulator.state.v4.delete_session(sid)
+    assert emulator.active_run_count() == 0 and emulator.active_browser_count() == 0

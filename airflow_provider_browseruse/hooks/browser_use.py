@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
@@ -31,7 +31,7 @@ import tenacity
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
-from airflow_provider_browseruse import CONNECTION_UI_FIELD_BEHAVIOUR, __version__, _wire
+from airflow_provider_browseruse import CONNECTION_UI_FIELD_BEHAVIOUR, __version__, _wire, _wire_v4
 from airflow_provider_browseruse._compat import AirflowException
 from airflow_provider_browseruse._retry import RetryPolicy
 from airflow_provider_browseruse.exceptions import BrowserUseAPIError, FailureKind
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 USER_AGENT = f"airflow-provider-browseruse/{__version__}"
 #: Seconds to wait for each HTTP answer, unless a hook is given its own ``timeout``.
 DEFAULT_TIMEOUT = 30.0
-DEFAULT_API_PATH = "/api/v2"
+DEFAULT_API_ROOT = "/api"
 
 
 # --- the connection ----------------------------------------------------------------------------
@@ -55,6 +55,11 @@ class ApiSettings:
     base_url: str
     api_key: str = field(repr=False)
     ui_base_url: str = _wire.DEFAULT_UI_BASE_URL
+    #: The API v4 base URL, beside v2's under the same API root.
+    v4_base_url: str = ""
+
+    def base_url_for(self, api_version: int) -> str:
+        return self.v4_base_url if api_version == 4 else self.base_url
 
 
 def _is_loopback(hostname: str) -> bool:
@@ -85,10 +90,14 @@ def _written_base_url(conn: Any, extra: Mapping[str, Any]) -> str:
 def api_settings(conn: Any, conn_id: str) -> ApiSettings:
     """Read an Airflow connection of type ``browser_use``.
 
-    The API key is the password. The base URL is the host: either a whole URL
+    The API key is the password. The host names the API: either a whole URL
     (``https://api.browser-use.com/api/v2``, the JSON form) or, from a URI such as
-    ``browser-use://:KEY@api.browser-use.com/api/v2``, a host name with port and path. A URL
-    without a path gets ``/api/v2``; an empty host means the public API. Plain ``http`` is
+    ``browser-use://:KEY@api.browser-use.com/api/v2``, a host name with port and path. Its
+    path is the API root, below which ``/v2`` and ``/v4`` are the two API versions' base URLs;
+    a path that ends in a version (``/api/v2``, ``/api/v4``) names its root all the same, and
+    no path means ``/api``. So ``https://proxy.example.com/browser-use`` sends v2 calls to
+    ``.../browser-use/v2`` and v4 calls to ``.../browser-use/v4``; an empty host means the
+    public API. Plain ``http`` is
     refused for hosts other than loopback unless the extra ``allow_insecure_http`` is true.
     Extras: ``scheme`` (URI form, default https), ``ui_base_url`` (the web app, for links).
 
@@ -114,9 +123,18 @@ def api_settings(conn: Any, conn_id: str) -> ApiSettings:
     # Rebuilt from the parts just checked, so that the client connects where the check looked.
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     port = f":{parts.port}" if parts.port is not None else ""
-    path = parts.path.rstrip("/") or DEFAULT_API_PATH
+    root = f"{parts.scheme}://{host}{port}{api_root(parts.path)}"
     ui_base_url = str(extra.get("ui_base_url") or _wire.DEFAULT_UI_BASE_URL).rstrip("/")
-    return ApiSettings(f"{parts.scheme}://{host}{port}{path}", api_key, ui_base_url)
+    return ApiSettings(f"{root}/v2", api_key, ui_base_url, f"{root}/v4")
+
+
+def api_root(path: str) -> str:
+    """The API root a base URL's path names: without a trailing ``/v<N>``; ``/api`` when empty."""
+    path = path.rstrip("/")
+    head, _, last = path.rpartition("/")
+    if last[:1] == "v" and last[1:].isdigit():
+        return head  # ``https://gateway/v2``: the root is the gateway's own
+    return path or DEFAULT_API_ROOT
 
 
 @dataclass(frozen=True)
@@ -189,7 +207,7 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 
 def _failure_reason(
-    kind: FailureKind, http_status: int | None, detail: str, reason: str, conn_id: str, where: str
+    kind: FailureKind, http_status: int | None, detail: str, reason: str, conn_id: str, where: str, api_version: int
 ) -> str:
     at = f" at {where}" if where else ""
     if kind == "unreachable":
@@ -213,6 +231,8 @@ def _failure_reason(
             f"HTTP 404: {detail or 'Not Found'}{at}: the server has no such route. Is the path of the "
             "connection's base URL right (it ends in /api/v2)?"
         )
+    if http_status == 403 and api_version == 4:
+        return f"HTTP 403: {_wire_v4.ZERO_DATA_RETENTION.format(detail=detail or 'forbidden')}"
     detail = detail or _EMPTY_DETAILS.get(http_status or 0, "")
     meaning = _STATUS_MEANINGS.get(http_status or 0, "{detail}").format(detail=detail, conn_id=conn_id)
     return f"HTTP {http_status}: {meaning}" if meaning else f"HTTP {http_status}"
@@ -235,6 +255,7 @@ def api_error(
     reason: str = "",
     secrets: Iterable[str] = (),
     where: str = "",
+    api_version: int = 2,
 ) -> BrowserUseAPIError:
     """Build the error for a failed call, in words a DAG author understands.
 
@@ -247,10 +268,11 @@ def api_error(
     :param reason: why, when no usable HTTP answer arrived.
     :param secrets: values to redact from the message and the detail (see :func:`redact`).
     :param where: the base URL the call went to, named where it helps find the mistake.
+    :param api_version: the API version called (a 403 means Zero Data Retention on v4).
     """
     secrets = tuple(secrets)
     detail = redact(_wire.error_detail(body) if body is not None else reason, secrets)
-    why = _failure_reason(kind, http_status, detail, reason, conn_id, where)
+    why = _failure_reason(kind, http_status, detail, reason, conn_id, where, api_version)
     return BrowserUseAPIError(
         redact(f"Browser Use {call} failed: {why}", secrets),
         call=call,
@@ -280,6 +302,7 @@ def read_answer(
     body: bytes,
     secrets: Iterable[str] = (),
     where: str = "",
+    api_version: int = 2,
 ) -> Any:
     """Return the JSON of a complete answer (None for 204), or raise the error it stands for."""
     if status >= 300:
@@ -295,6 +318,7 @@ def read_answer(
             retry_after=retry_after_seconds(retry_after),
             secrets=secrets,
             where=where,
+            api_version=api_version,
         )
     if status == 204:
         return None
@@ -559,8 +583,11 @@ class BrowserUseHook(BaseHook):
         params: Mapping[str, Any] | None = None,
         resend_safe: bool = True,
         secrets: Iterable[str] = (),
+        api_version: int = 2,
     ) -> Any:
-        return self._retrying_for(resend_safe)(self._send_once, call, method, path, json, params, tuple(secrets))
+        return self._retrying_for(resend_safe)(
+            self._send_once, call, method, path, json, params, tuple(secrets), api_version
+        )
 
     def _retrying_for(self, resend_safe: bool) -> tenacity.Retrying:
         if resend_safe not in self._retrying:
@@ -569,10 +596,18 @@ class BrowserUseHook(BaseHook):
         return self._retrying[resend_safe]
 
     def _send_once(
-        self, call: str, method: str, path: str, json: Any, params: Mapping[str, Any] | None, secrets: tuple[str, ...]
+        self,
+        call: str,
+        method: str,
+        path: str,
+        json: Any,
+        params: Mapping[str, Any] | None,
+        secrets: tuple[str, ...],
+        api_version: int = 2,
     ) -> Any:
         secrets = (self.settings.api_key, *secrets)
-        url = self.settings.base_url + path
+        base_url = self.settings.base_url_for(api_version)
+        url = base_url + path
         body = bytearray()
         try:
             status, retry_after = exchange_within(
@@ -584,12 +619,12 @@ class BrowserUseHook(BaseHook):
                 body.extend,
             )
         except Exception as error:
-            mapped = sync_transport_error(call, self.browser_use_conn_id, error, self.settings.base_url)
+            mapped = sync_transport_error(call, self.browser_use_conn_id, error, base_url)
             if mapped is None:
                 raise
             raise mapped from error
         return read_answer(
-            call, self.browser_use_conn_id, status, retry_after, bytes(body), secrets, self.settings.base_url
+            call, self.browser_use_conn_id, status, retry_after, bytes(body), secrets, base_url, api_version
         )
 
     def _call_for_dict(
@@ -602,16 +637,20 @@ class BrowserUseHook(BaseHook):
             raise api_error(call, self.browser_use_conn_id, http_status=200, kind="malformed", reason=reason)
         return answer
 
-    def _list_by_status(self, call: str, path: str, status: str | _wire.SessionStatus | None) -> list[dict[str, Any]]:
+    def _list_by_status(
+        self, call: str, path: str, status: str | _wire.SessionStatus | None, api_version: int = 2
+    ) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"pageSize": _wire.MAX_PAGE_SIZE}
         if status is not None:
             params["filterBy"] = _wire.SessionStatus(status).value  # ValueError for an unknown one
-        return self._list_all(call, path, params)
+        return self._list_all(call, path, params, api_version)
 
-    def _list_all(self, call: str, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    def _list_all(self, call: str, path: str, params: dict[str, Any], api_version: int = 2) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         for page_number in range(1, MAX_LIST_PAGES + 1):
-            page = self._call_for_dict(call, "GET", path, params={**params, "pageNumber": page_number})
+            page = self._call_for_dict(
+                call, "GET", path, params={**params, "pageNumber": page_number}, api_version=api_version
+            )
             page_items, total = page.get("items"), page.get("totalItems")
             if not isinstance(page_items, list) or not isinstance(total, int):
                 raise api_error(call, self.browser_use_conn_id, http_status=200, kind="malformed", reason="not a page")
@@ -714,15 +753,18 @@ class BrowserUseHook(BaseHook):
         """
         return self._list_by_status("list_sessions", _wire.SESSIONS_PATH, status)
 
-    def list_browsers(self, status: str | _wire.SessionStatus | None = None) -> list[dict[str, Any]]:
-        """Return every bare browser session (``GET /browsers``), following all pages.
+    def list_browsers(
+        self, status: str | _wire.SessionStatus | None = None, *, api_version: int = 2
+    ) -> list[dict[str, Any]]:
+        """Return every browser session (``GET /browsers``), following all pages.
 
         :param status: only browsers with this status (``active`` or ``stopped``).
+        :param api_version: list through API v2 or v4 (v4 lists the browsers of v4 conversations).
         :return: the BrowserSessionItemViews (``agentSessionId`` names an agent session's own browser).
         :raises ValueError: an unknown ``status``.
         :raises BrowserUseAPIError: a page could not be read.
         """
-        return self._list_by_status("list_browsers", _wire.BROWSERS_PATH, status)
+        return self._list_by_status("list_browsers", _wire.BROWSERS_PATH, status, api_version)
 
     def stop_browser(self, browser_id: str) -> dict[str, Any]:
         """Stop a bare browser session (``PATCH /browsers/{id}`` with ``stop``).
@@ -902,6 +944,327 @@ class BrowserUseHook(BaseHook):
             raise mapped from None  # the URL is in requests' message: keep it out
         return spool
 
+    # --- API v4: runs -----------------------------------------------------------------------
+
+    def _v4(self, call: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        return self._call_for_dict(call, method, path, api_version=4, **kwargs)
+
+    def create_run(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Start an agent run (v4 ``POST /runs``); never resent after an ambiguous failure.
+
+        Without ``sessionId`` the API starts a new conversation with its own live browser.
+
+        :param body: RunCreateRequest fields, with the API's names (``task``, ``sessionId``...).
+        :return: RunCreateResponse: ``id``, ``status``, ``sessionId``, ``workspaceId``, ...
+        :raises ValueError: an empty ``task``, or an id that is not a UUID.
+        :raises BrowserUseAPIError: the call failed (409: the session has an active run); after
+            a dropped connection, a timeout or a 5xx the run may exist all the same (v4 has no
+            metadata: find it by its workspace, never by resending).
+        """
+        task = body.get("task")
+        if not isinstance(task, str) or not task.strip():
+            raise ValueError(f"task must be a non-empty prompt for the agent, got {task!r}")
+        checked = dict(body)
+        for field_name, parameter in (("sessionId", "session_id"), ("workspaceId", "workspace_id")):
+            if checked.get(field_name) is not None:
+                checked[field_name] = _wire.require_uuid(checked[field_name], parameter)
+        return self._v4(
+            "create_run", "POST", _wire_v4.RUNS_PATH, json=checked, resend_safe=False, required=("id", "sessionId")
+        )
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """Return the whole run (v4 ``GET /runs/{id}``, RunSummary): fetch it once, at the end.
+
+        :raises ValueError: ``run_id`` is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown run.
+        """
+        run_id = _wire.require_uuid(run_id, "run_id")
+        return self._v4(f"get_run({run_id})", "GET", _wire_v4.run_path(run_id), required=("id", "status"))
+
+    def get_run_status(self, run_id: str) -> dict[str, Any]:
+        """Return ``{"status": ...}`` (v4 ``GET /runs/{id}/status``), the call meant for polling.
+
+        :raises ValueError: ``run_id`` is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown run.
+        """
+        run_id = _wire.require_uuid(run_id, "run_id")
+        return self._v4(f"get_run_status({run_id})", "GET", _wire_v4.run_path(run_id, "/status"), required=("status",))
+
+    def cancel_run(self, run_id: str) -> dict[str, Any]:
+        """Cancel a run (v4 ``POST /runs/{id}/cancel``); an ended run comes back as it is.
+
+        Idempotent, so retried like a read.
+
+        :return: the RunSummary after the cancel.
+        :raises ValueError: ``run_id`` is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown run.
+        """
+        run_id = _wire.require_uuid(run_id, "run_id")
+        return self._v4(f"cancel_run({run_id})", "POST", _wire_v4.run_path(run_id, "/cancel"))
+
+    def get_run_events(self, run_id: str, *, after: int | None = None, limit: int = 100) -> dict[str, Any]:
+        """Return one page of a run's events (v4 ``GET /runs/{id}/events``).
+
+        A ``browser.ready`` event's ``data.live_view_url`` grants access to the browser: keep it
+        out of logs and XCom.
+
+        :param after: only events with a higher id (``nextAfter`` of the page before).
+        :return: ``{"events": [...], "nextAfter": ..., "hasMore": ...}``.
+        :raises ValueError: ``run_id`` is not a UUID.
+        :raises BrowserUseAPIError: the call failed.
+        """
+        run_id = _wire.require_uuid(run_id, "run_id")
+        params: dict[str, Any] = {"limit": _wire.check_count(limit, "limit", maximum=1000)}
+        if after is not None:
+            params["after"] = after
+        return self._v4(f"get_run_events({run_id})", "GET", _wire_v4.run_path(run_id, "/events"), params=params)
+
+    def get_run_attachments(self, run_id: str) -> list[dict[str, Any]]:
+        """Return the files attached to a run (v4 ``GET /runs/{id}/attachments``)."""
+        run_id = _wire.require_uuid(run_id, "run_id")
+        answer = self._v4(f"get_run_attachments({run_id})", "GET", _wire_v4.run_path(run_id, "/attachments"))
+        return list(answer.get("attachments") or [])
+
+    def list_runs(self, *, session_id: str | None = None, max_items: int | None = None) -> list[dict[str, Any]]:
+        """Return runs, most recent first, following the cursor (v4 ``GET /runs``).
+
+        :param session_id: only the runs of this session.
+        :param max_items: stop after this many (the newest); None reads every page.
+        :raises ValueError: ``session_id`` is not a UUID.
+        :raises BrowserUseAPIError: a page could not be read.
+        """
+        params = {"sessionId": _wire.require_uuid(session_id, "session_id")} if session_id is not None else {}
+        return self._list_by_cursor("list_runs", _wire_v4.RUNS_PATH, params, "runs", max_items)
+
+    def _list_by_cursor(
+        self, call: str, path: str, params: Mapping[str, Any], items_key: str, max_items: int | None = None
+    ) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            page_params = {**params, "limit": _wire.MAX_PAGE_SIZE, **({"cursor": cursor} if cursor else {})}
+            page = self._v4(call, "GET", path, params=page_params)
+            page_items = page.get(items_key)
+            if not isinstance(page_items, list):
+                raise api_error(call, self.browser_use_conn_id, http_status=200, kind="malformed", reason="not a page")
+            items.extend(page_items)
+            cursor = page.get("nextCursor")
+            if (max_items is not None and len(items) >= max_items) or not page.get("hasMore") or not cursor:
+                return items[:max_items] if max_items is not None else items
+        raise api_error(
+            call,
+            self.browser_use_conn_id,
+            http_status=200,
+            kind="malformed",
+            reason=f"still more after {MAX_LIST_PAGES} pages ({len(items)} items)",
+        )
+
+    # --- API v4: sessions (conversations) ---------------------------------------------------
+
+    def get_agent_session(self, session_id: str) -> dict[str, Any]:
+        """Return a v4 session (``GET /sessions/{id}``, SessionInfo): its latest run and status.
+
+        :raises ValueError: ``session_id`` is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown session.
+        """
+        session_id = _wire.require_uuid(session_id, "session_id")
+        return self._v4(f"get_agent_session({session_id})", "GET", _wire_v4.session_path(session_id))
+
+    def list_agent_sessions(self) -> list[dict[str, Any]]:
+        """Return every v4 session, most recent first (``GET /sessions``, following the cursor)."""
+        return self._list_by_cursor("list_agent_sessions", _wire_v4.SESSIONS_PATH, {}, "sessions")
+
+    def delete_agent_session(self, session_id: str) -> None:
+        """Delete a v4 session (``DELETE /sessions/{id}``): cancels its active run and queued messages.
+
+        :raises ValueError: ``session_id`` is not a UUID.
+        :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown session.
+        """
+        session_id = _wire.require_uuid(session_id, "session_id")
+        self._call(f"delete_agent_session({session_id})", "DELETE", _wire_v4.session_path(session_id), api_version=4)
+
+    def purge_agent_session(self, session_id: str) -> None:
+        """Delete a v4 session's data now (``POST /sessions/{id}/purge``; Zero Data Retention projects only)."""
+        session_id = _wire.require_uuid(session_id, "session_id")
+        self._call(
+            f"purge_agent_session({session_id})", "POST", _wire_v4.session_path(session_id, "/purge"), api_version=4
+        )
+
+    def get_agent_session_cost(self, session_id: str) -> dict[str, Any]:
+        """Return what a v4 session has cost so far (``GET /sessions/{id}/cost``): LLM, search,
+        browser, proxy and ``totalCostUsd``, as decimal strings."""
+        session_id = _wire.require_uuid(session_id, "session_id")
+        return self._v4(
+            f"get_agent_session_cost({session_id})",
+            "GET",
+            _wire_v4.session_path(session_id, "/cost"),
+            required=("totalCostUsd",),
+        )
+
+    def set_agent_session_cost_cap(self, session_id: str, max_cost_usd: float) -> dict[str, Any]:
+        """Set a v4 session's budget in USD (``PATCH /sessions/{id}/cost-cap``); its spending so far counts.
+
+        :raises ValueError: ``session_id`` is not a UUID, or ``max_cost_usd`` is not a positive amount.
+        """
+        session_id = _wire.require_uuid(session_id, "session_id")
+        cap = _wire.check_cost_cap(max_cost_usd, "max_cost_usd")
+        return self._v4(
+            f"set_agent_session_cost_cap({session_id})",
+            "PATCH",
+            _wire_v4.session_path(session_id, "/cost-cap"),
+            json={"maxCostUsd": str(cap)},
+        )
+
+    def get_agent_session_queue(self, session_id: str) -> list[dict[str, Any]]:
+        """Return a v4 session's queued follow-up messages (``GET /sessions/{id}/queue``)."""
+        session_id = _wire.require_uuid(session_id, "session_id")
+        answer = self._v4(f"get_agent_session_queue({session_id})", "GET", _wire_v4.session_path(session_id, "/queue"))
+        return list(answer.get("queue") or [])
+
+    def remove_queued_message(self, session_id: str, message_id: int) -> dict[str, Any]:
+        """Cancel one queued message (``DELETE /sessions/{id}/queue/{message_id}``)."""
+        session_id = _wire.require_uuid(session_id, "session_id")
+        message = _wire.check_count(message_id, "message_id", minimum=0)
+        return self._v4(
+            f"remove_queued_message({session_id}, {message})",
+            "DELETE",
+            _wire_v4.session_path(session_id, f"/queue/{message}"),
+        )
+
+    # --- API v4: workspaces -----------------------------------------------------------------
+
+    def create_workspace(self, name: str | None = None) -> dict[str, Any]:
+        """Create a workspace (v4 ``POST /workspaces``), where runs read and write files.
+
+        Never resent after an ambiguous failure (it would make a second one).
+        """
+        body = {"name": name} if name is not None else {}
+        return self._v4(
+            "create_workspace", "POST", _wire_v4.WORKSPACES_PATH, json=body, resend_safe=False, required=("id",)
+        )
+
+    def get_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """Return a workspace (v4 ``GET /workspaces/{id}``, WorkspaceInfo: ``id``, ``name``...)."""
+        workspace_id = _wire.require_uuid(workspace_id, "workspace_id")
+        return self._v4(f"get_workspace({workspace_id})", "GET", _wire_v4.workspace_path(workspace_id))
+
+    def request_uploads(self, workspace_id: str, files: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Ask for presigned upload URLs (v4 ``POST /workspaces/{id}/files/upload``).
+
+        :param files: ``{"name", "contentType", "size"}`` each; the PUT must send exactly these.
+        :return: for each file its upload ``id`` (to attach to a run), ``path`` and ``uploadUrl``
+            (access-granting: keep it out of logs and XCom), in order.
+        :raises BrowserUseAPIError: the call failed, or it answered fewer URLs than files.
+        """
+        workspace_id = _wire.require_uuid(workspace_id, "workspace_id")
+        call = f"request_uploads({workspace_id})"
+        answer = self._v4(
+            call, "POST", _wire_v4.workspace_path(workspace_id, "/files/upload"), json={"files": list(files)}
+        )
+        items = answer.get("files")
+        if (
+            not isinstance(items, list)
+            or len(items) != len(files)
+            or not all(isinstance(item, dict) and isinstance(item.get("uploadUrl"), str) for item in items)
+        ):
+            reason = f"not one upload URL for each of the {len(files)} file(s)"
+            raise api_error(call, self.browser_use_conn_id, http_status=200, kind="malformed", reason=reason)
+        return items
+
+    def upload(
+        self, url: str, open_source: Callable[[], BinaryIO], size: int, content_type: str, *, call: str = "upload"
+    ) -> None:
+        """PUT a file to a presigned URL, without the API key, with exactly the presigned headers.
+
+        :param url: the presigned ``uploadUrl``; never logged.
+        :param open_source: opens the file from its start (again for each attempt).
+        :param size: its length in bytes, as presigned (sent as Content-Length).
+        :param content_type: as presigned.
+        :raises BrowserUseAPIError: the upload failed after its retries (a PUT of the same bytes
+            may be resent).
+        """
+        self._retrying_for(True)(self._upload_once, url, open_source, size, content_type, call)
+
+    def _upload_once(
+        self, url: str, open_source: Callable[[], BinaryIO], size: int, content_type: str, call: str
+    ) -> None:
+        import requests  # lazy, as in ``http``
+
+        answer = bytearray()
+        try:
+            with open_source() as source:
+                status, _ = exchange_within(
+                    lambda: requests.put(
+                        url,
+                        data=source,
+                        stream=True,
+                        timeout=self.timeout,
+                        allow_redirects=False,
+                        headers={"Content-Type": content_type, "Content-Length": str(size), "User-Agent": USER_AGENT},
+                    ),
+                    self.download_timeout,
+                    MAX_ANSWER_BYTES,
+                    answer.extend,
+                )
+        except Exception as error:
+            mapped = sync_transport_error(call, self.browser_use_conn_id, error)
+            if mapped is None:
+                raise
+            raise mapped from None  # the URL is in requests' message: keep it out
+        if status >= 300:
+            raise api_error(
+                call, self.browser_use_conn_id, http_status=status, body=bytes(answer[:200]).decode("utf-8", "replace")
+            )
+
+    def list_workspace_files(
+        self, workspace_id: str, *, prefix: str | None = None, include_urls: bool = False
+    ) -> list[dict[str, Any]]:
+        """Return a workspace's files (v4 ``GET /workspaces/{id}/files``), following the cursor.
+
+        :param prefix: only paths that start with it.
+        :param include_urls: with a presigned download ``url`` each (access-granting).
+        :return: ``{"path", "size", "lastModified", "url"?}`` each.
+        """
+        workspace_id = _wire.require_uuid(workspace_id, "workspace_id")
+        params: dict[str, Any] = {"includeUrls": "true" if include_urls else "false"}
+        if prefix:
+            params["prefix"] = prefix
+        return self._list_by_cursor(
+            f"list_workspace_files({workspace_id})", _wire_v4.workspace_path(workspace_id, "/files"), params, "files"
+        )
+
+    # --- API v4: an agent session's browsers ------------------------------------------------
+
+    def list_agent_browsers(self, session_id: str) -> list[dict[str, Any]]:
+        """Return the browsers of a v4 session (``GET /browsers?agentSessionId=``), any status."""
+        session_id = _wire.require_uuid(session_id, "session_id")
+        call = f"list_agent_browsers({session_id})"
+        return self._list_all(
+            call, _wire_v4.BROWSERS_PATH, {"agentSessionId": session_id, "pageSize": _wire.MAX_PAGE_SIZE}, 4
+        )
+
+    def stop_agent_browser(self, browser_id: str) -> dict[str, Any]:
+        """Stop a browser through API v4 (``PATCH /browsers/{id}`` with ``stop``)."""
+        browser_id = _wire.require_uuid(browser_id, "browser_id")
+        return self._v4(
+            f"stop_agent_browser({browser_id})",
+            "PATCH",
+            _wire_v4.BROWSERS_PATH + f"/{browser_id}",
+            json=_wire.STOP_BROWSER_BODY,
+        )
+
+    def stop_agent_session_browsers(self, session_id: str) -> list[dict[str, Any]]:
+        """Stop every active browser of a v4 session; returns the browsers it stopped (as after the stop)."""
+        return [
+            self.stop_agent_browser(str(browser["id"]))
+            for browser in self.list_agent_browsers(session_id)
+            if _wire.session_status(browser) is _wire.SessionStatus.ACTIVE
+        ]
+
+    def agent_session_ui_url(self, session_id: str) -> str:
+        """Return a v4 session's page in the Browser Use web app (needs a login; grants nothing)."""
+        return _wire.session_ui_url(self.settings.ui_base_url, _wire.require_uuid(session_id, "session_id"))
+
 
 # --- the async hook, for triggers --------------------------------------------------------------
 
@@ -1004,21 +1367,38 @@ class BrowserUseAsyncHook:
         """Return ``text`` without the API key (once the connection has been read)."""
         return redact(text, (self._settings.api_key,)) if self._settings is not None else text
 
-    async def _call(self, call: str, method: str, path: str, *, json: Any = None) -> dict[str, Any]:
+    async def _call(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        api_version: int = 2,
+    ) -> dict[str, Any]:
         retrying = tenacity.AsyncRetrying(
             **self.retry_policy.tenacity_arguments(resend_safe=True, sleep=asyncio.sleep, log=self.log)
         )
-        answer: Any = await retrying(self._send_once, call, method, path, json)
+        answer: Any = await retrying(self._send_once, call, method, path, json, params, api_version)
         return require_dict(call, self.browser_use_conn_id, answer)
 
-    async def _send_once(self, call: str, method: str, path: str, json: Any) -> Any:
+    async def _send_once(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        json: Any,
+        params: Mapping[str, Any] | None = None,
+        api_version: int = 2,
+    ) -> Any:
         settings = await self.settings()
-        conn_id, where = self.browser_use_conn_id, settings.base_url
+        conn_id, where = self.browser_use_conn_id, settings.base_url_for(api_version)
         pool = shared_pool()
         client = await pool.take()
         try:
             status, retry_after, body = await asyncio.wait_for(
-                self._exchange(client, method, settings.base_url + path, json, settings.api_key), self.timeout
+                self._exchange(client, method, where + path, json, settings.api_key, params), self.timeout
             )
         except asyncio.TimeoutError:
             raise api_error(
@@ -1036,14 +1416,22 @@ class BrowserUseAsyncHook:
             raise api_error(call, conn_id, kind="interrupted", reason=type(error).__name__, where=where) from error
         finally:
             pool.give_back(client)
-        return read_answer(call, conn_id, status, retry_after, body, (settings.api_key,), where)
+        return read_answer(call, conn_id, status, retry_after, body, (settings.api_key,), where, api_version)
 
     async def _exchange(
-        self, client: httpx.AsyncClient, method: str, url: str, json: Any, api_key: str
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        json: Any,
+        api_key: str,
+        params: Mapping[str, Any] | None = None,
     ) -> tuple[int, str | None, bytes]:
         """One request and its whole answer, at most :data:`MAX_ANSWER_BYTES` (redirects are not followed)."""
         headers = {_wire.API_KEY_HEADER: api_key}
-        async with client.stream(method, url, json=json, headers=headers, timeout=self.timeout) as response:
+        async with client.stream(
+            method, url, json=json, params=params, headers=headers, timeout=self.timeout
+        ) as response:
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk
@@ -1106,3 +1494,47 @@ class BrowserUseAsyncHook:
         task_id = _wire.require_uuid(browser_use_task_id, "browser_use_task_id")
         body = _wire.STOP_TASK_AND_SESSION_BODY if stop_session else _wire.STOP_TASK_BODY
         return await self._call(f"stop_task({task_id})", "PATCH", _wire.task_path(task_id), json=body)
+
+    # --- API v4 -------------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        """Return the whole v4 run (RunSummary); as :meth:`BrowserUseHook.get_run`."""
+        run_id = _wire.require_uuid(run_id, "run_id")
+        return await self._call(f"get_run({run_id})", "GET", _wire_v4.run_path(run_id), api_version=4)
+
+    async def get_run_status(self, run_id: str) -> dict[str, Any]:
+        """Return ``{"status": ...}`` of a v4 run; as :meth:`BrowserUseHook.get_run_status`."""
+        run_id = _wire.require_uuid(run_id, "run_id")
+        return await self._call(f"get_run_status({run_id})", "GET", _wire_v4.run_path(run_id, "/status"), api_version=4)
+
+    async def cancel_run(self, run_id: str) -> dict[str, Any]:
+        """Cancel a v4 run (idempotent); as :meth:`BrowserUseHook.cancel_run`."""
+        run_id = _wire.require_uuid(run_id, "run_id")
+        return await self._call(f"cancel_run({run_id})", "POST", _wire_v4.run_path(run_id, "/cancel"), api_version=4)
+
+    async def stop_agent_session_browsers(self, session_id: str) -> int:
+        """Stop the active browsers of a v4 session (first page of 100: a session has one or two).
+
+        :return: how many were stopped.
+        """
+        session_id = _wire.require_uuid(session_id, "session_id")
+        page = await self._call(
+            f"list_agent_browsers({session_id})",
+            "GET",
+            _wire_v4.BROWSERS_PATH,
+            params={"agentSessionId": session_id, "pageSize": _wire.MAX_PAGE_SIZE},
+            api_version=4,
+        )
+        stopped = 0
+        for browser in page.get("items") or []:
+            if isinstance(browser, dict) and _wire.session_status(browser) is _wire.SessionStatus.ACTIVE:
+                browser_id = _wire.require_uuid(browser.get("id"), "browser id")
+                await self._call(
+                    f"stop_agent_browser({browser_id})",
+                    "PATCH",
+                    f"{_wire_v4.BROWSERS_PATH}/{browser_id}",
+                    json=_wire.STOP_BROWSER_BODY,
+                    api_version=4,
+                )
+                stopped += 1
+        return stopped

@@ -1,4 +1,4 @@
-"""Operators for the Browser Use Cloud API."""
+"""Operators for the Browser Use Cloud API: v2 tasks and sessions, v4 agent runs."""
 
 from airflow_provider_browseruse.operators.browser_use import (
     BrowserUseBaseOperator,
@@ -8,10 +8,13 @@ from airflow_provider_browseruse.operators.browser_use import (
     StopSessionOperator,
     StopTaskOperator,
 )
+from airflow_provider_browseruse.operators.browser_use_v4 import EndAgentSessionOperator, RunAgentOperator
 
 __all__ = [
     "BrowserUseBaseOperator",
     "CreateSessionOperator",
+    "EndAgentSessionOperator",
+    "RunAgentOperator",
     "RunTaskOperator",
     "StopIdleSessionsOperator",
     "StopSessionOperator",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.log import mask_secret
 
-from airflow_provider_browseruse import _common, _wire
+from airflow_provider_browseruse import _common, _wire, _wire_v4
 from airflow_provider_browseruse._compat import ENDS_FROM_TRIGGER, AirflowException, AirflowFailException
 from airflow_provider_browseruse._retry import LISTING_CLOCK_SKEW, look_again, may_have_taken_effect
 from airflow_provider_browseruse.exceptions import BrowserUseAPIError
@@ -814,6 +814,12 @@ class StopIdleSessionsOperator(BrowserUseBaseOperator):
     covers it, and every other session of the account). A session with a running task is never
     stopped unless ``include_running=True``.
 
+    API v4 conversations are swept by the same rules through their live browsers (v4 has no
+    "stop session"): a conversation is the provider's when its workspace carries the name
+    :class:`~airflow_provider_browseruse.operators.RunAgentOperator` gives it (``airflow-...``);
+    stopping means cancelling its run (with ``include_running``) and stopping its browser. Its
+    entries have ``kind`` ``agent_session``, ``session_id``, ``browser_id`` and ``running_run_id``.
+
     Bare browsers of ``/browsers`` (reached over CDP; the provider starts none, and their
     idleness cannot be seen) are stopped only with ``include_all`` and past ``max_age``; an
     agent session's own browser goes with its session.
@@ -866,6 +872,7 @@ class StopIdleSessionsOperator(BrowserUseBaseOperator):
                 if not error.is_not_found:  # else it is gone since it was listed
                     self.log.error("Could not sweep session %s: %s", item.get("id"), error)
                     failed.append(f"session {item.get('id')}: {error}")
+        found += self._stop_idle_conversations(now, failed)
         if self.include_all and self.max_age is not None:
             found += self._stop_old_browsers(now, failed)
         self._report(context, found)
@@ -883,6 +890,80 @@ class StopIdleSessionsOperator(BrowserUseBaseOperator):
             total,
         )
         _common.push_cost(context["ti"], total)
+
+    def _stop_idle_conversations(self, now: float, failed: list[str]) -> list[dict[str, Any]]:
+        """API v4: the live browsers of conversations, stopped by the same rules as sessions.
+
+        A conversation is the provider's when its workspace has the name ``RunAgentOperator``
+        gives it (``airflow-...``). Its run, when one is still going and ``include_running``
+        allows, is cancelled first. A project without v4 (Zero Data Retention) has none.
+        """
+        try:
+            browsers = self.hook.list_browsers(status=_wire.SessionStatus.ACTIVE, api_version=4)
+        except BrowserUseAPIError as error:
+            if error.http_status != 403:
+                raise
+            self.log.info("API v4 is not available to this project (%s): no v4 conversations to sweep.", error)
+            return []
+        found = []
+        for browser in browsers:
+            session_id = browser.get("agentSessionId")
+            if not session_id:
+                continue  # a bare browser: see _stop_old_browsers
+            try:
+                entry = self._sweep_conversation(str(session_id), browser, now)
+            except BrowserUseAPIError as error:
+                if not error.is_not_found:  # else gone since it was listed
+                    self.log.error("Could not sweep v4 session %s: %s", session_id, error)
+                    failed.append(f"v4 session {session_id}: {error}")
+                continue
+            if entry is not None:
+                found.append(entry)
+        return found
+
+    def _sweep_conversation(self, session_id: str, browser: Mapping[str, Any], now: float) -> dict[str, Any] | None:
+        conversation = self.hook.get_agent_session(session_id)
+        if not self.include_all:
+            workspace_id = conversation.get("workspaceId")
+            name = self.hook.get_workspace(str(workspace_id)).get("name") if workspace_id else None
+            if not str(name or "").startswith(_wire_v4.WORKSPACE_TAG_PREFIX):
+                return None
+        running = not _wire_v4.is_terminal(conversation)
+        if running and not self.include_running:
+            return None
+        last_moment = _wire.parse_timestamp(conversation.get("updatedAt")) or _wire.parse_timestamp(
+            browser.get("startedAt")
+        )
+        idle = None if running or last_moment is None else now - last_moment
+        age = _wire.age_seconds(browser, now)
+        if idle is not None and idle > self.max_idle:
+            why = f"idle for {idle:.0f} s (max_idle {self.max_idle:.0f} s)"
+        elif self.max_age is not None and age is not None and age > self.max_age:
+            why = f"{age:.0f} s old (max_age {self.max_age:.0f} s)"
+        else:
+            return None
+        cost = _wire.to_decimal(self.hook.get_agent_session_cost(session_id).get("totalCostUsd"))
+        if not self.report_only:
+            if running and conversation.get("latestRunId"):
+                self.hook.cancel_run(str(conversation["latestRunId"]))
+            self._stop_unless_reporting(self.hook.stop_agent_browser, str(browser["id"]))
+        self.log.warning(
+            "%s the browser of v4 session %s: %s; the session had cost $%s.",
+            "Would stop" if self.report_only else "Stopped",
+            session_id,
+            why,
+            cost,
+        )
+        return {
+            "kind": "agent_session",
+            "session_id": session_id,
+            "browser_id": str(browser["id"]),
+            "age_seconds": round(age or 0.0, 1),
+            "idle_seconds": None if idle is None else round(idle, 1),
+            "cost_usd": float(cost),
+            "running_run_id": str(conversation.get("latestRunId")) if running else None,
+            "reason": why,
+        }
 
     def _stop_old_browsers(self, now: float, failed: list[str]) -> list[dict[str, Any]]:
         """Bare browsers (``/browsers``) past ``max_age``: the provider starts none, and their

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from airflow_provider_browseruse import _common, _wire
+from airflow_provider_browseruse import _common, _wire, _wire_v4
 from airflow_provider_browseruse._compat import AirflowException, AirflowFailException, AirflowSensorTimeout
-from airflow_provider_browseruse.exceptions import BrowserUseAPIError
+from airflow_provider_browseruse.exceptions import BrowserUseAPIError, BrowserUseTaskError
 from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
 from airflow_provider_browseruse.links.browser_use import BrowserUseSessionLink
 
@@ -237,3 +237,99 @@ class TaskCompletedSensor(BrowserUseBaseSensor):
             stopped = _common.stop_task_quietly(self.hook, self.log, self.watched_id, stop_session=False)
         _common.push_cost(context["ti"], cost)
         raise _common.over_budget_failure(self.watched_id, cost, self.max_cost_usd, stopped=stopped)
+
+
+class AgentRunSensor(BrowserUseBaseSensor):
+    """Wait until a Browser Use v4 agent run has ended, and judge it as ``RunAgentOperator`` does.
+
+    Done when the run is ``completed`` and passes ``success_policy`` (with ``judge``, once its
+    verdict has landed); fails on ``failed`` or ``cancelled`` with a ``BrowserUseTaskError``, and
+    at once on an unknown run. Pushes ``run_id``, ``session_id`` and ``run`` and returns the
+    answer (parsed and checked with ``structured_output``).
+
+    :param run_id: the run to watch (templated).
+    :param success_policy: ``agent`` (default; ``completed`` is enough), ``lenient`` or ``judge``.
+    :param structured_output: the run's JSON Schema dict or pydantic model, to parse the answer.
+    :param max_cost_usd: a budget in USD: a run still going past it is cancelled, and the sensor
+        fails without retries, naming the cost and the cap.
+    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+    """
+
+    template_fields: Sequence[str] = ("run_id",)
+    watched_parameter = "run_id"
+    done_event = "ended"
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        success_policy: str | _wire.SuccessPolicy = _wire.SuccessPolicy.AGENT,
+        structured_output: Any = None,
+        max_cost_usd: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        _common.check_id_if_known(run_id, "run_id")
+        _common.schema_of(structured_output)
+        if max_cost_usd is not None:
+            _wire.check_cost_cap(max_cost_usd, "max_cost_usd")
+        self.run_id = run_id
+        self.success_policy = _wire.success_policy(success_policy)
+        self.structured_output = structured_output
+        self.max_cost_usd = max_cost_usd
+
+    def trigger(self, end_time: float) -> BaseTrigger:
+        from airflow_provider_browseruse.triggers.browser_use import AgentRunTrigger
+
+        return AgentRunTrigger(
+            self.watched_id,
+            browser_use_conn_id=self.browser_use_conn_id,
+            poll_interval=float(self.poke_interval),
+            end_time=end_time,
+            max_cost_usd=self.max_cost_usd,
+        )
+
+    def checked_event(self, event: Any) -> dict[str, Any]:
+        return _common.run_event(event, self.watched_id)
+
+    def execute_complete(self, context: Context, event: Any) -> Any:
+        """Resume after the deferred wait; a run past its budget fails the sensor."""
+        checked = self.checked_event(event)
+        if checked["event"] == "over_budget":
+            self._over_budget(context, _wire.to_decimal(checked.get("cost")), cancelled=checked.get("stopped") is True)
+        return super().execute_complete(context, event)
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        reader = self.hook.get_run if self.max_cost_usd is not None else self.hook.get_run_status
+        view = self.read_watched(reader)
+        if not _wire_v4.is_terminal(view):
+            cost = _wire_v4.over_budget(view, self.max_cost_usd)
+            if cost is not None:
+                self._over_budget(context, cost)
+            self.log.info("Run %s is %s.", self.watched_id, view.get("status"))
+            return PokeReturnValue(is_done=False)
+        ti = context["ti"]
+        run = self.hook.get_run(self.watched_id)
+        if _wire_v4.awaits_judgement(run, self.success_policy):
+            self.log.info("Run %s has ended; waiting for the judge's verdict.", self.watched_id)
+            return PokeReturnValue(is_done=False)
+        ti.xcom_push(key=_common.RUN_ID_KEY, value=self.watched_id)
+        ti.xcom_push(key=_common.RUN_KEY, value=_wire_v4.run_for_xcom(run))
+        _common.push_agent_session(ti, self.hook, str(run["sessionId"]))
+        _common.push_cost(ti, _wire_v4.run_cost(run))
+        self.log.info("%s.", _wire_v4.outcome(run))
+        failure = _wire_v4.run_failure(run, self.success_policy)
+        if failure is not None:
+            raise BrowserUseTaskError(failure, run)
+        try:
+            output = _common.parsed_run_output(run, self.structured_output)
+        except ValueError as error:
+            raise BrowserUseTaskError(f"Browser Use run {self.watched_id}: {error}", run) from error
+        return PokeReturnValue(is_done=True, xcom_value=output)
+
+    def _over_budget(self, context: Context, cost: Any, *, cancelled: bool = False) -> None:
+        assert self.max_cost_usd is not None
+        if not cancelled:
+            cancelled = _common.stop_run_quietly(self.hook, self.log, self.watched_id, None)
+        _common.push_cost(context["ti"], cost)
+        raise _common.over_budget_run_failure(self.watched_id, cost, self.max_cost_usd, cancelled=cancelled)

@@ -11,14 +11,18 @@ import secrets as token_source
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
 from airflow_provider_browseruse.testing.scenario import Scenario, TaskScript, default_output
+
+if TYPE_CHECKING:
+    from airflow_provider_browseruse.testing._state_v4 import V4World
 
 TOO_MANY_SESSIONS = (
     "Too many concurrent active sessions. Please wait for one to finish, kill one, or upgrade your plan."
@@ -114,17 +118,27 @@ class Session:
 
 @dataclass
 class Browser:
-    """A browser session of ``/browsers`` (a bare cloud browser, reached over CDP)."""
+    """A browser session of ``/browsers``: a bare cloud browser reached over CDP, or (with
+    ``agent_session_id``) the browser of a v4 agent session, shared by v2's and v4's ``/browsers``."""
 
     id: str
     created: float
     timeout_minutes: int
     stopped_at: float | None = None
     agent_session_id: str | None = None
+    #: For an agent browser: when it stops on its own as seen at a given time (its session's
+    #: keepAlive after its last run), or None while it is kept.
+    idle_stop: Callable[[float], float | None] | None = field(default=None, repr=False, compare=False)
+    #: The credential in its ``liveUrl`` and ``cdpUrl``.
+    token: str = field(default_factory=lambda: token_source.token_urlsafe(12), repr=False)
 
     def stopped(self, now: float) -> float | None:
-        """When it stopped: by request, or at its timeout."""
+        """When it stopped: by request, when idle past its keepAlive, or at its timeout."""
         ends = self.created + 60 * self.timeout_minutes
+        if self.idle_stop is not None:
+            idle = self.idle_stop(now)
+            if idle is not None:
+                ends = min(ends, idle)
         if self.stopped_at is not None:
             return min(self.stopped_at, ends)
         return ends if now >= ends else None
@@ -141,6 +155,11 @@ class EmulatorState:
     :param scenario: scripts for tasks; by default every task finishes after 0.2 s.
     :param max_concurrent_sessions: the account's cap; a create beyond it gets 429.
     :param retry_after: seconds sent in ``Retry-After`` with that 429.
+    :param zero_data_retention: the project has Zero Data Retention: every v4 route but
+        ``POST /sessions/{id}/purge`` answers 403 (see :mod:`._state_v4`).
+    :param clock: the wall clock (seconds); tests may swap it for a fake one.
+
+    The cap counts v2's active sessions and v4's active agent browsers together (one account).
     """
 
     def __init__(
@@ -151,6 +170,7 @@ class EmulatorState:
         max_concurrent_sessions: int | None = None,
         retry_after: int = 5,
         clock: Any = time.time,
+        zero_data_retention: bool = False,
     ) -> None:
         self.api_key = api_key
         self.scenario = scenario or Scenario()
@@ -167,6 +187,11 @@ class EmulatorState:
         #: The most sessions active at once, and how many creates the cap refused (429).
         self.peak_active_sessions = 0
         self.refused_at_cap = 0
+        self.zero_data_retention = zero_data_retention
+        from airflow_provider_browseruse.testing._state_v4 import V4World  # it imports this module
+
+        #: The v4 world: runs, agent sessions, workspaces (its browsers live in ``browsers``).
+        self.v4: V4World = V4World(self)
 
     # --- sessions ------------------------------------------------------------------------------
 
@@ -193,9 +218,16 @@ class EmulatorState:
             now = self.clock()
             return sum(self.session_active(s, now) for s in self.sessions.values())
 
+    def active_agent_browser_count(self) -> int:
+        """Active browsers of v4 agent sessions (they count against the cap with v2's sessions)."""
+        with self.lock:
+            now = self.clock()
+            return sum(b.agent_session_id is not None and b.stopped(now) is None for b in self.browsers.values())
+
     def _check_cap(self) -> None:
-        """Refuse a new session at the cap (429); count it toward ``peak_active_sessions`` otherwise."""
-        active = self.active_session_count()
+        """Refuse a new session (v2) or agent browser (v4) at the cap (429); count it toward
+        ``peak_active_sessions`` otherwise."""
+        active = self.active_session_count() + self.active_agent_browser_count()
         cap = self.max_concurrent_sessions
         if cap is not None and active >= cap:
             self.refused_at_cap += 1
@@ -320,8 +352,8 @@ class EmulatorState:
         return {
             "id": browser.id,
             "status": "active" if active else "stopped",
-            "liveUrl": f"https://live.emulator.invalid/{browser.id}?token=emulated" if active else None,
-            "cdpUrl": f"wss://cdp.emulator.invalid/{browser.id}?token=emulated" if active else None,
+            "liveUrl": f"https://live.emulator.invalid/{browser.id}?token={browser.token}" if active else None,
+            "cdpUrl": f"wss://cdp.emulator.invalid/{browser.id}?token={browser.token}" if active else None,
             "timeoutAt": _iso(browser.created + 60 * browser.timeout_minutes),
             "startedAt": _iso(browser.created),
             "finishedAt": _iso(stopped_at),

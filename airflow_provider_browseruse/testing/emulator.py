@@ -1,4 +1,4 @@
-"""A local emulator of the Browser Use Cloud API v2, served over loopback HTTP.
+"""A local emulator of the Browser Use Cloud API (v2, and v4 beside it), served over loopback HTTP.
 
 In tests::
 
@@ -11,9 +11,12 @@ From a shell::
 
     python -m airflow_provider_browseruse.testing.emulator --port 8790 --api-key test-key
 
-Beside the API under ``/api/v2`` it serves an admin API under ``/_emulator`` (no key needed):
-``GET state``, ``GET requests``, ``POST faults`` / ``DELETE faults``, ``POST scenario``,
-``POST reset``, and the download links it hands out for logs and output files.
+The API v2 is served under ``/api/v2`` (``emulator.base_url``) and the API v4 (runs, agent
+sessions, workspaces; see :mod:`airflow_provider_browseruse.testing._state_v4`) under ``/api/v4``
+(``emulator.v4_base_url``), with the same key. Beside them it serves an admin API under
+``/_emulator`` (no key needed): ``GET state``, ``GET requests``, ``POST faults`` / ``DELETE
+faults``, ``POST scenario``, ``POST reset``, the download links it hands out for logs, output and
+workspace files, and the presigned upload URLs of v4 workspaces (``PUT upload/<token>``).
 """
 
 from __future__ import annotations
@@ -43,9 +46,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from airflow_provider_browseruse.testing._state import ApiError, EmulatorState
+from airflow_provider_browseruse.testing._state_v4 import ZDR_DETAIL, parse_money
 from airflow_provider_browseruse.testing.scenario import Scenario
 
 API_PREFIX = "/api/v2"
+V4_PREFIX = "/api/v4"
+#: How a v4 request's path is logged and matched by faults: this, then the path below /api/v4.
+V4_LOG_PREFIX = "/v4"
 ADMIN_PREFIX = "/_emulator"
 API_KEY_HEADER = b"x-browser-use-api-key"
 
@@ -138,6 +145,119 @@ class UpdateTaskRequest(BaseModel):
     action: Literal["stop", "stop_task_and_session"]
 
 
+# --- v4 request bodies (as the vendor SDK's newest models validate them) -----------------------
+
+
+def _money_field(value: Any) -> Any:
+    """A USD amount: a number or a decimal string, > 0 (kept as sent)."""
+    if value is None:
+        return value
+    parse_money(value)
+    return value
+
+
+class RunBrowserSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    profileId: uuid.UUID | None = None
+    proxyCountryCode: CountryCode | None = "us"
+    customProxy: dict[str, Any] | None = None
+    screenWidth: int | None = Field(default=None, ge=320, le=6144)
+    screenHeight: int | None = Field(default=None, ge=320, le=3456)
+    allowResizing: bool | None = None
+    record: bool | None = None
+    extensionIds: list[uuid.UUID] | None = Field(default=None, max_length=3)
+
+
+class RunJudgeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    context: str | None = Field(default=None, max_length=10000)
+
+
+class SecretBinding(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str
+    source: dict[str, Any]
+    allowedDomains: list[str] = Field(min_length=1, max_length=20)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("type") not in ("inline", "onepassword"):
+            raise ValueError("source.type must be 'inline' or 'onepassword'")
+        return value
+
+
+class CreateRunRequest(BaseModel):
+    """``POST /api/v4/runs``: the SDK's RunCreateRequest (unknown fields refused, any model name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1)
+    outputSchema: dict[str, Any] | None = None
+    model: str | None = None
+    modelParams: dict[str, Any] | None = None
+    sessionId: uuid.UUID | None = None
+    workspaceId: uuid.UUID | None = None
+    browserSettings: RunBrowserSettings | None = None
+    keepAlive: int | None = Field(default=None, ge=120, le=14400)
+    agentmail: bool | None = False
+    agentcardWalletId: uuid.UUID | None = None
+    stripeLinkConnectionId: uuid.UUID | None = None
+    attachedFileIds: list[uuid.UUID] | None = Field(default=None, max_length=20)
+    secretBindings: list[SecretBinding] | None = Field(default=None, max_length=20)
+    opVaultId: str | None = Field(default=None, max_length=64)
+    opVaultAllowedDomains: list[str] | None = None
+    judge: RunJudgeSettings | None = None
+    maxCostUsd: float | str | None = None
+
+    check_money = field_validator("maxCostUsd", mode="before")(_money_field)
+
+
+class QueueMessageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1)
+    interrupt: bool = False
+    attachedFileIds: list[uuid.UUID] | None = Field(default=None, max_length=20)
+
+
+class SessionUpdateRequest(BaseModel):
+    title: str | None = Field(default=None, max_length=255)
+
+
+class SessionCostCapRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    maxCostUsd: float | str
+
+    check_money = field_validator("maxCostUsd", mode="before")(_money_field)
+
+
+class WorkspaceRequest(BaseModel):
+    name: str | None = Field(default=None, max_length=100)
+
+
+class WorkspaceFileUploadItem(BaseModel):
+    name: str = Field(min_length=1, max_length=255)
+    contentType: str = Field(default="application/octet-stream", max_length=255)
+    size: int = Field(ge=1, le=52428800)
+
+
+class WorkspaceFileUploadRequest(BaseModel):
+    files: list[WorkspaceFileUploadItem] = Field(min_length=1, max_length=10)
+    allowOverrides: bool = True
+
+
+class CreateBrowserRequestV4(CreateBrowserRequest):
+    metadata: dict[str, str] | None = None
+    pdfRendererEnabled: bool = True
+    solveCaptchas: bool = True
+    extensionIds: list[uuid.UUID] = Field(default_factory=list, max_length=3)
+
+
 # --- faults and the request log ----------------------------------------------------------------
 
 
@@ -145,7 +265,9 @@ class Fault(BaseModel):
     """A fault injected into the answers to matching requests.
 
     :param method: HTTP method to match (any when None).
-    :param path: regular expression that must match the whole path below ``/api/v2``.
+    :param path: regular expression that must match the whole logged path: below ``/api/v2`` for
+        v2 (``/tasks``, ``/tasks/<id>/status``), ``/v4`` and the path below ``/api/v4`` for v4
+        (``/v4/runs``, ``/v4/runs/<id>/status``). Every kind of fault works on both.
     :param times: how many matching requests get the fault.
     :param status: answer with this status and ``{"detail": ...}``.
     :param retry_after: with ``status``, a ``Retry-After`` header in seconds.
@@ -195,7 +317,7 @@ class RequestRecord:
     """One request the emulator answered."""
 
     method: str
-    path: str  # below /api/v2 for API calls, else the whole path
+    path: str  # below /api/v2 for v2 calls, "/v4" + below /api/v4 for v4 calls, else the whole path
     status: int
     time: float  # wall clock when it arrived
     duration: float  # seconds to answer
@@ -360,7 +482,26 @@ def build_app(emulator: BrowserUseEmulator) -> FastAPI:
             task_id, file_id = object_id.split("/")
             _, content = state.output_file(task_id, file_id)
             return PlainTextResponse(content)
+        if kind == "v4file":
+            data, media_type = state.v4.read_file(object_id)
+            return Response(data, media_type=media_type)
         return _json(404, {"detail": "Download link not found or expired"})
+
+    @app.put(f"{ADMIN_PREFIX}/upload/{{token}}")
+    async def upload(token: str, request: Request) -> Response:
+        """A v4 workspace's presigned PUT: the declared Content-Type and exact Content-Length."""
+        refused = state.v4.put_upload(
+            token,
+            request.headers.get("content-type"),
+            request.headers.get("content-length"),
+            await request.body(),
+        )
+        if refused is None:
+            return Response(status_code=200)
+        code, message = refused.split(": ", 1)
+        xml = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>'
+
+        return Response(xml, status_code=403, media_type="application/xml")
 
     @app.get(f"{ADMIN_PREFIX}/state")
     async def admin_state() -> Response:
@@ -372,6 +513,7 @@ def build_app(emulator: BrowserUseEmulator) -> FastAPI:
                 "taskCount": len(state.tasks),
                 "peakActiveSessions": state.peak_active_sessions,
                 "refusedAtCap": state.refused_at_cap,
+                **emulator._v4_counts(),
             },
         )
 
@@ -402,7 +544,191 @@ def build_app(emulator: BrowserUseEmulator) -> FastAPI:
         emulator.reset()
         return _json(204, None)
 
+    _add_v4_routes(app, emulator)
     return app
+
+
+def _add_v4_routes(app: FastAPI, emulator: BrowserUseEmulator) -> None:
+    """The API v4 under /api/v4 (the v4 world is ``emulator.state.v4``)."""
+    state = emulator.state
+    v4 = state.v4
+    api = V4_PREFIX
+
+    def root(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    @app.post(f"{api}/runs")
+    async def create_run(body: CreateRunRequest, request: Request) -> Response:
+        return _json(200, v4.create_run(body.model_dump(exclude_unset=True, mode="json"), root(request)))
+
+    @app.get(f"{api}/runs")
+    async def list_runs(
+        limit: Annotated[int, Query(ge=1, le=100)] = 50,
+        cursor: str | None = None,
+        sessionId: uuid.UUID | None = None,
+    ) -> Response:
+        return _json(200, v4.list_runs(str(sessionId) if sessionId else None, cursor, limit))
+
+    @app.get(f"{api}/runs/{{run_id}}")
+    async def get_run(run_id: uuid.UUID) -> Response:
+        return _json(200, v4.get_run(str(run_id)))
+
+    @app.get(f"{api}/runs/{{run_id}}/status")
+    async def run_status(run_id: uuid.UUID) -> Response:
+        return _json(200, v4.run_status(str(run_id)))
+
+    @app.post(f"{api}/runs/{{run_id}}/cancel")
+    async def cancel_run(run_id: uuid.UUID) -> Response:
+        return _json(200, v4.cancel_run(str(run_id)))
+
+    @app.get(f"{api}/runs/{{run_id}}/events")
+    async def run_events(
+        run_id: uuid.UUID,
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> Response:
+        return _json(200, v4.run_events(str(run_id), after, limit))
+
+    @app.get(f"{api}/runs/{{run_id}}/attachments")
+    async def run_attachments(run_id: uuid.UUID) -> Response:
+        return _json(200, v4.run_attachments(str(run_id)))
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    @app.get(f"{api}/sessions")
+    async def list_sessions(
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        cursor: str | None = None,
+    ) -> Response:
+        return _json(200, v4.list_sessions(cursor, limit))
+
+    @app.get(f"{api}/sessions/{{session_id}}")
+    async def get_session(session_id: uuid.UUID) -> Response:
+        return _json(200, v4.get_session(str(session_id)))
+
+    @app.patch(f"{api}/sessions/{{session_id}}")
+    async def update_session(session_id: uuid.UUID, body: SessionUpdateRequest) -> Response:
+        return _json(200, v4.update_session(str(session_id), body.model_dump(exclude_unset=True)))
+
+    @app.delete(f"{api}/sessions/{{session_id}}")
+    async def delete_session(session_id: uuid.UUID) -> Response:
+        v4.delete_session(str(session_id))
+        return _json(204, None)
+
+    @app.post(f"{api}/sessions/{{session_id}}/purge")
+    async def purge_session(session_id: uuid.UUID) -> Response:
+        v4.purge_session(str(session_id))
+        return _json(204, None)
+
+    @app.get(f"{api}/sessions/{{session_id}}/cost")
+    async def session_cost(session_id: uuid.UUID) -> Response:
+        return _json(200, v4.session_cost(str(session_id)))
+
+    @app.patch(f"{api}/sessions/{{session_id}}/cost-cap")
+    async def session_cost_cap(session_id: uuid.UUID, body: SessionCostCapRequest) -> Response:
+        return _json(200, v4.set_cost_cap(str(session_id), body.maxCostUsd))
+
+    @app.post(f"{api}/sessions/{{session_id}}/queue")
+    async def send_message(session_id: uuid.UUID, body: QueueMessageRequest) -> Response:
+        return _json(200, v4.send_message(str(session_id), body.model_dump(exclude_unset=True, mode="json")))
+
+    @app.get(f"{api}/sessions/{{session_id}}/queue")
+    async def list_queue(session_id: uuid.UUID) -> Response:
+        return _json(200, v4.list_queue(str(session_id)))
+
+    @app.get(f"{api}/sessions/{{session_id}}/queue/{{message_id}}")
+    async def get_message(session_id: uuid.UUID, message_id: int) -> Response:
+        return _json(200, v4.get_message(str(session_id), message_id))
+
+    @app.delete(f"{api}/sessions/{{session_id}}/queue/{{message_id}}")
+    async def remove_message(session_id: uuid.UUID, message_id: int) -> Response:
+        return _json(200, v4.remove_message(str(session_id), message_id))
+
+    # --- browsers (one store with v2's /browsers) ----------------------------------------------
+
+    @app.post(f"{api}/browsers")
+    async def create_browser(body: Annotated[CreateBrowserRequestV4 | None, Body()] = None) -> Response:
+        fields = (body or CreateBrowserRequestV4()).model_dump(exclude_unset=True)
+        return _json(201, state.create_browser(fields))
+
+    @app.get(f"{api}/browsers")
+    async def list_browsers(
+        pageSize: Annotated[int, Query(ge=1, le=100)] = 10,
+        pageNumber: Annotated[int, Query(ge=1)] = 1,
+        filterBy: Literal["active", "stopped"] | None = None,
+        agentSessionId: uuid.UUID | None = None,
+    ) -> Response:
+        views = v4.browsers_of(str(agentSessionId) if agentSessionId else None)
+        views = [v for v in views if filterBy is None or v["status"] == filterBy]
+        return _json(200, _page(views, pageSize, pageNumber))
+
+    @app.get(f"{api}/browsers/{{browser_id}}")
+    async def get_browser(browser_id: uuid.UUID) -> Response:
+        return _json(200, state.get_browser(str(browser_id)))
+
+    @app.patch(f"{api}/browsers/{{browser_id}}")
+    async def update_browser(browser_id: uuid.UUID, body: UpdateBrowserRequest) -> Response:
+        return _json(200, state.stop_browser(str(browser_id)))
+
+    @app.get(f"{api}/browsers/{{browser_id}}/downloads")
+    async def browser_downloads(browser_id: uuid.UUID) -> Response:
+        state.get_browser(str(browser_id))
+        return _json(200, {"files": [], "nextCursor": None, "hasMore": False})
+
+    # --- workspaces ----------------------------------------------------------------------------
+
+    @app.post(f"{api}/workspaces")
+    async def create_workspace(body: Annotated[WorkspaceRequest | None, Body()] = None) -> Response:
+        return _json(200, v4.create_workspace((body or WorkspaceRequest()).name))
+
+    @app.get(f"{api}/workspaces/{{workspace_id}}")
+    async def get_workspace(workspace_id: uuid.UUID) -> Response:
+        return _json(200, v4.get_workspace(str(workspace_id)))
+
+    @app.patch(f"{api}/workspaces/{{workspace_id}}")
+    async def update_workspace(workspace_id: uuid.UUID, body: WorkspaceRequest) -> Response:
+        return _json(200, v4.update_workspace(str(workspace_id), body.model_dump(exclude_unset=True)))
+
+    @app.delete(f"{api}/workspaces/{{workspace_id}}")
+    async def delete_workspace(workspace_id: uuid.UUID) -> Response:
+        v4.delete_workspace(str(workspace_id))
+        return _json(204, None)
+
+    @app.get(f"{api}/workspaces/{{workspace_id}}/size")
+    async def workspace_size(workspace_id: uuid.UUID) -> Response:
+        return _json(200, v4.workspace_size(str(workspace_id)))
+
+    @app.post(f"{api}/workspaces/{{workspace_id}}/files/upload")
+    async def presign_uploads(workspace_id: uuid.UUID, body: WorkspaceFileUploadRequest, request: Request) -> Response:
+        fields = body.model_dump(mode="json")
+        return _json(200, v4.presign_uploads(str(workspace_id), fields, root(request)))
+
+    @app.get(f"{api}/workspaces/{{workspace_id}}/files")
+    async def list_files(
+        workspace_id: uuid.UUID,
+        request: Request,
+        prefix: str = "",
+        limit: Annotated[int, Query(ge=1, le=100)] = 50,
+        cursor: str | None = None,
+        includeUrls: bool = False,
+        contentDisposition: Literal["attachment"] | None = None,
+    ) -> Response:
+        answer = v4.list_files(
+            str(workspace_id),
+            prefix=prefix,
+            limit=limit,
+            cursor=cursor,
+            include_urls=includeUrls,
+            root_url=root(request),
+        )
+        return _json(200, answer)
+
+    @app.delete(f"{api}/workspaces/{{workspace_id}}/files")
+    async def delete_file(workspace_id: uuid.UUID, path: str) -> Response:
+        v4.delete_file(str(workspace_id), path)
+        return _json(204, None)
 
 
 def _page(items: list[dict[str, Any]], size: int, number: int) -> dict[str, Any]:
@@ -435,6 +761,8 @@ class _Front:
         method, path = scope["method"], scope["path"]
         is_api = path.startswith(API_PREFIX)
         logged_path = path[len(API_PREFIX) :] if is_api else path
+        if path == V4_PREFIX or path.startswith(V4_PREFIX + "/"):
+            is_api, logged_path = True, V4_LOG_PREFIX + path[len(V4_PREFIX) :]
         client_port = int((scope.get("client") or ("", 0))[1] or 0)
         logged = False
 
@@ -472,15 +800,22 @@ class _Front:
         if key != self.emulator.state.api_key:
             await _send_raw(send, 401, b'{"detail":"Invalid or missing API key"}')
             return
+        handle: Callable[[Scope, Receive, Send], Awaitable[None]] = self.app
+        if (
+            path.startswith(V4_LOG_PREFIX + "/")
+            and self.emulator.state.zero_data_retention
+            and not re.fullmatch(r"/v4/sessions/[^/]+/purge", path)
+        ):
+            handle = _refuse_zero_data_retention
         if fault is None or not fault.after_handling:
-            await self.app(scope, receive, send)
+            await handle(scope, receive, send)
             return
         held: list[Message] = []  # the request takes effect now; its answer comes late, or broken
 
         async def hold(message: Message) -> None:
             held.append(message)
 
-        await self.app(scope, receive, hold)
+        await handle(scope, receive, hold)
         if fault.latency:
             await asyncio.sleep(fault.latency)
         if fault.replaces_answer:
@@ -488,6 +823,10 @@ class _Front:
             return
         for message in held:
             await send(message)
+
+
+async def _refuse_zero_data_retention(scope: Scope, receive: Receive, send: Send) -> None:
+    await _send_raw(send, 403, json.dumps({"detail": ZDR_DETAIL}).encode())
 
 
 async def _send_raw(
@@ -594,8 +933,11 @@ class BrowserUseEmulator:
     :param host: a loopback address to listen on.
     :param port: the port; 0 picks a free one.
     :param scenario: scripted task outcomes (:class:`~airflow_provider_browseruse.testing.Scenario`).
-    :param max_concurrent_sessions: the account's cap on active sessions (429 beyond it).
+    :param max_concurrent_sessions: the account's cap on active sessions (429 beyond it): v2's
+        sessions and v4's agent browsers count together.
     :param retry_after: seconds sent in ``Retry-After`` with that 429.
+    :param zero_data_retention: the project has Zero Data Retention: every v4 route answers 403
+        but ``POST /sessions/{id}/purge``, which only then works.
     """
 
     def __init__(
@@ -607,6 +949,7 @@ class BrowserUseEmulator:
         scenario: Scenario | None = None,
         max_concurrent_sessions: int | None = None,
         retry_after: int = 5,
+        zero_data_retention: bool = False,
     ) -> None:
         _require_loopback(host)
         self.host = host
@@ -616,6 +959,7 @@ class BrowserUseEmulator:
             scenario=scenario,
             max_concurrent_sessions=max_concurrent_sessions,
             retry_after=retry_after,
+            zero_data_retention=zero_data_retention,
         )
         self._faults: list[Fault] = []
         self._remaining: list[int] = []
@@ -679,6 +1023,11 @@ class BrowserUseEmulator:
         """The API base URL, for the connection's host."""
         return self.root_url + API_PREFIX
 
+    @property
+    def v4_base_url(self) -> str:
+        """The API v4 base URL (``/api/v4``), e.g. for ``browser_use_sdk.v4.BrowserUse(base_url=...)``."""
+        return self.root_url + V4_PREFIX
+
     def airflow_connection(self) -> str:
         """The connection as JSON, for ``AIRFLOW_CONN_<ID>`` (it holds the emulator's key)."""
         return json.dumps({"conn_type": "browser_use", "host": self.base_url, "password": self.state.api_key})
@@ -727,16 +1076,39 @@ class BrowserUseEmulator:
         return len(self.requests(method, path))
 
     def active_session_count(self) -> int:
+        """Active v2 sessions (v4 agent sessions are counted by :meth:`active_browser_count`)."""
         return self.state.active_session_count()
 
+    def active_run_count(self) -> int:
+        """v4 runs not yet completed, failed or cancelled."""
+        return self.state.v4.active_run_count()
+
+    def active_browser_count(self) -> int:
+        """Active browsers of ``/browsers``: v4 agent sessions' browsers and bare ones."""
+        return self.state.v4.active_browser_count()
+
+    def v4_browsers(self, agent_session_id: str | None = None) -> list[dict[str, Any]]:
+        """The ``/browsers`` views of one v4 agent session (or all), most recent first."""
+        return self.state.v4.browsers_of(agent_session_id)
+
+    def _v4_counts(self) -> dict[str, int]:
+        """The admin state's v4 counts."""
+        return {
+            "activeRunCount": self.active_run_count(),
+            "activeBrowserCount": self.active_browser_count(),
+            "runCount": len(self.state.v4.runs),
+        }
+
     def reset(self) -> None:
-        """Forget every session, task, fault and logged request (the key and scenario stay)."""
+        """Forget every session, task, run, workspace, fault and logged request (the key and
+        scenario stay)."""
         with self.state.lock:
             self.state.sessions.clear()
             self.state.tasks.clear()
             self.state.files.clear()
             self.state.download_tokens.clear()
             self.state.browsers.clear()
+            self.state.v4.clear()
             self.state.peak_active_sessions = self.state.refused_at_cap = 0
         self.clear_faults()
         with self._log_lock:
@@ -754,6 +1126,7 @@ class EmulatorProcess:
     :param scenario: a scenario JSON file.
     :param task_duration: seconds an unscripted task runs.
     :param max_concurrent_sessions: the account's cap on active sessions.
+    :param zero_data_retention: emulate a Zero Data Retention project (v4 answers 403).
     :param env: the child's environment (default: this process's).
     """
 
@@ -764,6 +1137,7 @@ class EmulatorProcess:
         scenario: str | os.PathLike[str] | None = None,
         task_duration: float | None = None,
         max_concurrent_sessions: int | None = None,
+        zero_data_retention: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.api_key = api_key
@@ -773,6 +1147,7 @@ class EmulatorProcess:
             "--task-duration": task_duration,
             "--max-concurrent-sessions": max_concurrent_sessions,
         }
+        self._flags = ["--zero-data-retention"] if zero_data_retention else []
         self._env = dict(env) if env is not None else None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -794,6 +1169,7 @@ class EmulatorProcess:
             self.api_key,
         ]
         command += [str(part) for name, value in self._options.items() if value is not None for part in (name, value)]
+        command += self._flags
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=self._env)
         deadline = time.monotonic() + timeout
         while True:
@@ -828,6 +1204,11 @@ class EmulatorProcess:
         """The API base URL, for the connection's host."""
         return f"http://127.0.0.1:{self.port}{API_PREFIX}"
 
+    @property
+    def v4_base_url(self) -> str:
+        """The API v4 base URL."""
+        return f"http://127.0.0.1:{self.port}{V4_PREFIX}"
+
     def airflow_connection(self) -> str:
         """The connection as JSON, for ``AIRFLOW_CONN_<ID>`` (it holds the emulator's key)."""
         return json.dumps({"conn_type": "browser_use", "host": self.base_url, "password": self.api_key})
@@ -848,13 +1229,18 @@ class EmulatorProcess:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the emulator in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(description="Emulate the Browser Use Cloud API v2 on loopback.")
+    parser = argparse.ArgumentParser(description="Emulate the Browser Use Cloud API (v2 and v4) on loopback.")
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on")
     parser.add_argument("--port", type=int, default=8790)
     parser.add_argument("--api-key", required=True, help="the API key clients must send")
     parser.add_argument("--scenario", help="a scenario JSON file (see airflow_provider_browseruse.testing.scenario)")
     parser.add_argument("--task-duration", type=float, help="seconds an unscripted task runs")
     parser.add_argument("--max-concurrent-sessions", type=int, help="the account's concurrent-session cap")
+    parser.add_argument(
+        "--zero-data-retention",
+        action="store_true",
+        help="emulate a Zero Data Retention project: every /api/v4 route answers 403",
+    )
     args = parser.parse_args(argv)
     scenario = Scenario.from_file(args.scenario) if args.scenario else Scenario()
     if args.task_duration is not None:
@@ -865,12 +1251,14 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         scenario=scenario,
         max_concurrent_sessions=args.max_concurrent_sessions,
+        zero_data_retention=args.zero_data_retention,
     )
     config = emulator._config()
     config.host, config.port = args.host, args.port
     print(f"Browser Use emulator listening on {emulator.base_url}")
     print("Point Airflow at it (in the shell that runs Airflow):")
     print(f"export AIRFLOW_CONN_BROWSER_USE_DEFAULT='{emulator.airflow_connection()}'", flush=True)
+    print(f"API v4 (same key): {emulator.v4_base_url}", flush=True)
     uvicorn.Server(config).run()
 
 

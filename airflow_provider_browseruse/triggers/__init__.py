@@ -1,5 +1,5 @@
 """Triggers for the Browser Use Cloud API: deferrable waiting in the triggerer."""
 
-from airflow_provider_browseruse.triggers.browser_use import SessionStatusTrigger, TaskStatusTrigger
+from airflow_provider_browseruse.triggers.browser_use import AgentRunTrigger, SessionStatusTrigger, TaskStatusTrigger
 
-__all__ = ["SessionStatusTrigger", "TaskStatusTrigger"]
+__all__ = ["AgentRunTrigger", "SessionStatusTrigger", "TaskStatusTrigger"]

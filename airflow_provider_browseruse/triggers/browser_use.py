@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
-from airflow_provider_browseruse import _common, _wire
+from airflow_provider_browseruse import _common, _wire, _wire_v4
 from airflow_provider_browseruse.exceptions import BrowserUseAPIError
 from airflow_provider_browseruse.hooks.browser_use import BrowserUseAsyncHook
 
@@ -272,3 +272,88 @@ class SessionStatusTrigger(_PollingTrigger):
         if _wire.session_status(view) is _wire.SessionStatus.STOPPED:
             return self.event("stopped")
         return None
+
+
+class AgentRunTrigger(_PollingTrigger):
+    """Wait for a v4 agent run: fire when it has ended (``ended``, with ``run_status``), passed
+    ``max_cost_usd`` while running (``over_budget``, with its ``cost``; the trigger cancels it
+    first and says whether that worked in ``stopped``), at the deadline (``timeout``) or on an
+    API error (``error``). The run's status is polled; with ``max_cost_usd`` the whole run,
+    which alone carries the cost.
+
+    The operator finishes on a worker (checking a structured answer, asking for a repair,
+    copying files, stopping the browser). With ``cancel_on_kill``, a user's kill of the deferred
+    task (Airflow 3.3+) cancels the run and stops the browsers of ``browser_session_id`` (a
+    session the operator started); a triggerer restart never does.
+    """
+
+    id_key = _common.RUN_ID_KEY
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        browser_use_conn_id: str = "browser_use_default",
+        poll_interval: float = 5.0,
+        end_time: float,
+        max_cost_usd: float | None = None,
+        cancel_on_kill: bool = False,
+        browser_session_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            watched_id=run_id, browser_use_conn_id=browser_use_conn_id, poll_interval=poll_interval, end_time=end_time
+        )
+        self.max_cost_usd = max_cost_usd
+        self.cancel_on_kill = cancel_on_kill
+        self.browser_session_id = browser_session_id
+        self._last_status: str | None = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{__name__}.AgentRunTrigger",
+            {
+                **self._kwargs(),
+                "max_cost_usd": self.max_cost_usd,
+                "cancel_on_kill": self.cancel_on_kill,
+                "browser_session_id": self.browser_session_id,
+            },
+        )
+
+    async def check(self, hook: BrowserUseAsyncHook) -> TriggerEvent | None:
+        if self.max_cost_usd is not None:
+            view = await hook.get_run(self.watched_id)
+        else:
+            view = await hook.get_run_status(self.watched_id)
+        if _wire_v4.is_terminal(view):
+            return self.event("ended", run_status=view["status"])
+        cost = _wire_v4.over_budget(view, self.max_cost_usd)
+        if cost is not None:
+            return self.event("over_budget", cost=str(cost), stopped=await self._cancel_at_budget(hook, cost))
+        if view.get("status") != self._last_status:
+            self._last_status = view.get("status")
+            self.log.info("Run %s is %s.", self.watched_id, self._last_status)
+        return None
+
+    async def _cancel_at_budget(self, hook: BrowserUseAsyncHook, cost: Any) -> bool:
+        try:
+            await hook.cancel_run(self.watched_id)
+        except Exception as error:
+            self.log.error(
+                "Could not cancel run %s at its budget (%s); a worker will try.",
+                self.watched_id,
+                hook.redact(str(error)),
+            )
+            return False
+        self.log.warning(
+            "Cancelled run %s: its cost $%s passed max_cost_usd=%s.", self.watched_id, cost, self.max_cost_usd
+        )
+        return True
+
+    async def on_kill(self) -> None:
+        if not self.cancel_on_kill:
+            return
+        hook = self.hook()
+        await hook.cancel_run(self.watched_id)
+        self.log.info("Cancelled Browser Use run %s: its Airflow task was killed.", self.watched_id)
+        if self.browser_session_id is not None:
+            await hook.stop_agent_session_browsers(self.browser_session_id)

@@ -1,0 +1,804 @@
+"""Operators for the Browser Use Cloud API v4: agent runs in conversations (v4 sessions).
+
+Thin, as the v2 operators: the wire rules live in ``_wire_v4``, the Airflow-side ones in
+``_common``, the HTTP in the hook.
+"""
+
+from __future__ import annotations
+
+import functools
+import mimetypes
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_browseruse import _common, _wire, _wire_v4
+from airflow_provider_browseruse._compat import AirflowException, AirflowFailException
+from airflow_provider_browseruse._retry import LISTING_CLOCK_SKEW, look_again, may_have_taken_effect
+from airflow_provider_browseruse.exceptions import BrowserUseAPIError, BrowserUseTaskError
+from airflow_provider_browseruse.operators.browser_use import BrowserUseBaseOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+# The triggers module is imported only when an operator defers (see operators/browser_use.py).
+
+#: Task state store keys (Airflow 3.3+): what this task instance started, across its tries.
+STATE_RUN_ID = "browser_use_run_id"
+STATE_WORKSPACE_ID = "browser_use_workspace_id"
+#: How many recent runs a retry looks through for the one an earlier try started.
+ADOPTION_LISTING = 200
+#: The most repairs of a structured output a task may ask for.
+MAX_REPAIRS = 5
+#: Seconds a judge may take to land its verdict after the run ended, within ``timeout``.
+JUDGEMENT_WAIT = 120.0
+
+
+class RunAgentOperator(BrowserUseBaseOperator):
+    """Run a Browser Use agent (API v4, the vendor's current agent), wait for it, return its answer.
+
+    A *run* is one agent turn; it works in a *session* (a conversation: the agent's memory, a
+    workspace of files and a live browser). Without ``session_id`` the run starts a new session;
+    with it, the run is a follow-up turn in that conversation. Ids go to XCom as soon as the run
+    exists (``run_id``, ``session_id``, ``workspace_id``); the light ``/runs/{id}/status`` is
+    polled (the whole run when ``max_cost_usd`` is set: only it carries the cost), and the whole
+    run is fetched once at the end and pushed as ``run``, with ``cost_usd`` and the session's
+    cost breakdown as ``session_cost``.
+
+    Success: ``completed`` is required; ``failed`` and ``cancelled`` fail the task with a
+    :class:`~airflow_provider_browseruse.exceptions.BrowserUseTaskError`. With
+    ``success_policy="judge"`` (and ``judge``) the judge's verdict must be true (it lands after the
+    run ends; the operator waits for it up to two minutes, within ``timeout``).
+
+    Structured output: ``structured_output`` (a JSON Schema dict or a pydantic model class) is
+    sent as ``outputSchema`` and the answer is parsed and checked here too. An answer that does
+    not match is repaired: a follow-up run in the same session asks the agent to answer again in
+    the schema, up to ``structured_output_repairs`` times, before the task fails with the
+    validation error.
+
+    The browser: a session's browser stays up (and bills) ``keepAlive`` seconds after a run. When
+    this operator started the session and ``keep_alive`` is None, it asks the API for the least
+    (120 s) and stops the browser itself when the task ends, however it ends. Give ``keep_alive``
+    (seconds) to keep it for a follow-up run, and end the conversation with
+    :class:`EndAgentSessionOperator` as a teardown.
+
+    Never leaks: when it gives up (``timeout``, ``execution_timeout``, an error while waiting, a
+    kill, a user's kill of the deferred task) it cancels the run, and stops the browser of a
+    session it started, unless ``stop_on_give_up=False``. Retries never start a second run: v4
+    runs carry no metadata, so the run works in a workspace named after the task instance,
+    created first; on Airflow 3.3+ its ids also go to the task state store. A retry finds the
+    earlier try's run and adopts it (running: waits; completed: uses it; failed or cancelled:
+    starts anew); a create whose answer was lost is found the same way, never resent.
+
+    :param task: the prompt (templated).
+    :param model: the model name, passed as given (the API decides; None for the project's default).
+    :param session_id: a session to continue (templated): this run is a follow-up turn in it.
+    :param workspace_id: a workspace to work in (templated); not with ``session_id`` (a session
+        has its own).
+    :param profile_id: a browser profile (cookies, logins) for a new session's browser (templated).
+    :param proxy_country_code: the proxy's country for a new session's browser.
+    :param custom_proxy: your own proxy (``{"host", "port", "username"?, "password"?}``).
+    :param screen_width: the browser's screen width in pixels.
+    :param screen_height: the browser's screen height in pixels.
+    :param record: record the browser.
+    :param keep_alive: seconds (120 to 14,400) the session's browser stays up after the run, for
+        a follow-up; None: the least, and stopped when the task ends (see above).
+    :param judge: ask the API's judge for a verdict: True, or a string of context for the judge.
+    :param success_policy: ``agent`` or ``lenient`` (``completed`` is enough: v4 has no agent's
+        own success claim) or ``judge``.
+    :param structured_output: a JSON Schema dict or a pydantic model class for the answer.
+    :param structured_output_repairs: follow-up runs asking for a valid answer (0 to 5; default 1).
+    :param max_cost_usd: a budget for the run in USD, sent as ``maxCostUsd`` and checked on each
+        poll too: past it, the run is cancelled and the task fails without retries.
+    :param session_max_cost_usd: a budget for the whole session (``PATCH /sessions/{id}/cost-cap``),
+        for a conversation the DAG keeps open.
+    :param input_files: files to give the agent (an ObjectStoragePath or URL, or a list of them:
+        local, s3://, gs://...; templated), uploaded to the workspace and attached to the run.
+    :param output_files_path: where to copy the files the run wrote to its workspace (templated);
+        their paths go to XCom under ``output_files``.
+    :param extra_fields: further RunCreateRequest fields, with the API's names, sent as given.
+    :param wait_for_completion: False returns the run id right after creation.
+    :param poll_interval: seconds between status checks.
+    :param timeout: seconds to wait for the run (repairs included) before cancelling it and failing.
+    :param stop_on_give_up: cancel the run (and stop a browser it started) when giving up on it.
+    :param deferrable: wait in the triggerer (default: Airflow's ``[operators] default_deferrable``).
+    """
+
+    template_fields: Sequence[str] = (
+        "task",
+        "session_id",
+        "workspace_id",
+        "profile_id",
+        "input_files",
+        "output_files_path",
+    )
+    ui_color = "#e0f2f1"
+
+    def __init__(
+        self,
+        *,
+        task: str,
+        model: str | None = None,
+        session_id: str | None = None,
+        workspace_id: str | None = None,
+        profile_id: str | None = None,
+        proxy_country_code: str | None = None,
+        custom_proxy: Mapping[str, Any] | None = None,
+        screen_width: int | None = None,
+        screen_height: int | None = None,
+        record: bool | None = None,
+        keep_alive: int | None = None,
+        judge: bool | str = False,
+        success_policy: str | _wire.SuccessPolicy = _wire.SuccessPolicy.AGENT,
+        structured_output: Mapping[str, Any] | type | None = None,
+        structured_output_repairs: int = 1,
+        max_cost_usd: float | None = None,
+        session_max_cost_usd: float | None = None,
+        input_files: Any = None,
+        output_files_path: Any = None,
+        extra_fields: Mapping[str, Any] | None = None,
+        wait_for_completion: bool = True,
+        poll_interval: float = 5.0,
+        timeout: float = 3600.0,
+        stop_on_give_up: bool = True,
+        deferrable: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.task = task
+        self.model = model
+        self.session_id = session_id
+        self.workspace_id = workspace_id
+        self.profile_id = profile_id
+        self.proxy_country_code = proxy_country_code
+        self.custom_proxy = dict(custom_proxy) if custom_proxy is not None else None
+        self.screen_width = screen_width
+        self.screen_height = screen_height
+        self.record = record
+        self.keep_alive = keep_alive
+        self.judge = judge
+        self.success_policy = _wire.success_policy(success_policy)
+        self.structured_output = structured_output
+        self.structured_output_repairs = structured_output_repairs
+        self.max_cost_usd = max_cost_usd
+        self.session_max_cost_usd = session_max_cost_usd
+        self.input_files = input_files
+        self.output_files_path = output_files_path
+        self.extra_fields = dict(extra_fields or {})
+        self.wait_for_completion = wait_for_completion
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.stop_on_give_up = stop_on_give_up
+        self.deferrable = _common.default_deferrable() if deferrable is None else deferrable
+        self._check_parameters()
+        #: The run being waited for, to cancel on giving up; None when there is none.
+        self._waited_run_id: str | None = None
+        #: The session whose browser this task stops when it ends or gives up (one it started).
+        self._browser_session_id: str | None = None
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """As ``BaseOperator.partial``; each mapped instance is labelled by its prompt."""
+        kwargs.setdefault("map_index_template", _common.MAP_INDEX_TEMPLATE)
+        return super().partial(**kwargs)
+
+    @property
+    def map_index_label(self) -> str:
+        return _common.map_index_label(None, self.task)
+
+    def _check_parameters(self) -> None:
+        """Refuse at DAG parsing what can be known wrong then, naming the parameter."""
+        if not isinstance(self.task, str) or not self.task.strip():
+            raise ValueError(f"task must be a non-empty prompt for the agent, got {self.task!r}")
+        for name in ("session_id", "workspace_id", "profile_id"):
+            _common.check_id_if_known(getattr(self, name), name)
+        _wire.check_seconds(self.poll_interval, "poll_interval")
+        _wire.check_seconds(self.timeout, "timeout")
+        if self.keep_alive is not None:
+            _wire.check_count(
+                self.keep_alive, "keep_alive", minimum=_wire_v4.KEEP_ALIVE_MIN, maximum=_wire_v4.KEEP_ALIVE_MAX
+            )
+        if not isinstance(self.judge, (bool, str)) or (isinstance(self.judge, str) and len(self.judge) > 10_000):
+            raise ValueError(
+                f"judge must be True, False or a context string of at most 10,000 characters, got {self.judge!r}"
+            )
+        if self.success_policy is _wire.SuccessPolicy.JUDGE and self.judge is False:
+            raise ValueError("success_policy='judge' needs judge: without the judge there is no verdict")
+        _wire.check_count(self.structured_output_repairs, "structured_output_repairs", minimum=0, maximum=MAX_REPAIRS)
+        for name in ("max_cost_usd", "session_max_cost_usd"):
+            if getattr(self, name) is not None:
+                _wire.check_cost_cap(getattr(self, name), name)
+        for name, low, high in (("screen_width", 320, 6144), ("screen_height", 320, 3456)):
+            if getattr(self, name) is not None:
+                _wire.check_count(getattr(self, name), name, minimum=low, maximum=high)
+        browser_settings = [name for name in _BROWSER_SETTINGS if getattr(self, name) is not None]
+        if self.session_id is not None and browser_settings:
+            raise ValueError(
+                f"{', '.join(browser_settings)} apply to a new session's browser; a follow-up run (session_id) "
+                "keeps its session's browser: give them to the run that starts the session"
+            )
+        if self.session_id is not None and self.workspace_id is not None:
+            raise ValueError("give session_id or workspace_id, not both: a session works in its own workspace")
+        if self.custom_proxy is not None and not isinstance(self.custom_proxy.get("host"), str):
+            raise ValueError(f"custom_proxy needs a 'host' (and a 'port'), got keys {sorted(self.custom_proxy)}")
+        schema = _common.schema_of(self.structured_output)
+        if schema is not None and not isinstance(self.structured_output, type):
+            _wire.check_json_schema(schema, "structured_output")
+        _input_paths(self.input_files)
+
+    @property
+    def _owns_session(self) -> bool:
+        return not self.session_id
+
+    # --- the request ---------------------------------------------------------------------------
+
+    def _body(self, workspace_id: str | None, attached: list[str]) -> dict[str, Any]:
+        settings = _wire.request_body(
+            {
+                "profile_id": _common.require_id(self.profile_id, "profile_id") if self.profile_id else None,
+                "proxy_country_code": self.proxy_country_code,
+                "custom_proxy": self.custom_proxy,
+                "screen_width": self.screen_width,
+                "screen_height": self.screen_height,
+                "record": self.record,
+            }
+        )
+        keep_alive = self.keep_alive
+        if keep_alive is None and self._owns_session:
+            keep_alive = _wire_v4.KEEP_ALIVE_MIN  # the least the API allows; the browser is stopped at the end
+        schema = _common.schema_of(self.structured_output)
+        return _wire.request_body(
+            {
+                "task": self.task,
+                "model": self.model,
+                "session_id": _common.require_id(self.session_id, "session_id") if self.session_id else None,
+                "workspace_id": workspace_id,
+                "browser_settings": settings or None,
+                "keep_alive": keep_alive,
+                "judge": None if self.judge is False else ({} if self.judge is True else {"context": self.judge}),
+                "max_cost_usd": str(_wire.check_cost_cap(self.max_cost_usd, "max_cost_usd"))
+                if self.max_cost_usd is not None
+                else None,
+                "output_schema": schema,
+                "attached_file_ids": attached or None,
+            },
+            self.extra_fields,
+        )
+
+    # --- running -------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        if not isinstance(self.task, str) or not self.task.strip():
+            raise AirflowFailException(f"task rendered to an empty prompt: {self.task!r}")
+        ti = context["ti"]
+        store = context.get("task_state_store")
+        run = self._earlier_run(context, store)
+        if run is None:
+            run = self._start(context, store)
+        run_id, session_id = str(run["id"]), str(run["sessionId"])
+        ti.xcom_push(key=_common.RUN_ID_KEY, value=run_id)
+        ti.xcom_push(key=_common.WORKSPACE_ID_KEY, value=run.get("workspaceId"))
+        _common.push_agent_session(ti, self.hook, session_id)
+        self.log.info("Follow run %s in its session's page: %s", run_id, self.hook.agent_session_ui_url(session_id))
+        self._browser_session_id = session_id if self._owns_session and self.keep_alive is None else None
+        if self.session_max_cost_usd is not None:
+            self.hook.set_agent_session_cost_cap(session_id, self.session_max_cost_usd)
+        if not self.wait_for_completion:
+            self._browser_session_id = None  # a downstream task works with it
+            return run_id
+        self._waited_run_id = run_id
+        if self.deferrable:
+            self._defer_unless_ended(context, run_id, repairs_done=0)
+        else:
+            self._wait_or_give_up(context, run_id)
+        return self._finish(context, run_id, repairs_done=0)
+
+    def _earlier_run(self, context: Context, store: Any) -> dict[str, Any] | None:
+        """The run an earlier try of this task instance started, if it can still be used."""
+        ti = context["ti"]
+        run_id = store.get(STATE_RUN_ID) if store is not None else None
+        workspace_id = store.get(STATE_WORKSPACE_ID) if store is not None else None
+        run: dict[str, Any] | None = None
+        if run_id:
+            try:
+                run = self.hook.get_run(str(run_id))
+            except BrowserUseAPIError as error:
+                if not error.is_not_found:
+                    raise
+        elif workspace_id or int(getattr(ti, "try_number", 1)) > 1:
+            run = self._find_run(context, str(workspace_id) if workspace_id else None, since=None)
+        if run is None:
+            return None
+        if _wire_v4.run_status(run) in _wire_v4.RUN_FAILED_STATUSES:
+            self.log.info("An earlier try's run %s is %s: starting a new one.", run["id"], run.get("status"))
+            return None
+        self.log.info(
+            "An earlier try of this task started run %s, which is %s: using it, not starting another.",
+            run["id"],
+            run.get("status"),
+        )
+        return run
+
+    def _find_run(self, context: Context, workspace_id: str | None, since: float | None) -> dict[str, Any] | None:
+        """The newest run with this task's prompt that this task instance started (none: None).
+
+        Recognised by its workspace (the one this task created, known by id or by the name
+        derived from the task instance), or, for a follow-up or a given workspace, by its
+        session or workspace and its prompt. Only runs since ``since`` (else since the DAG run
+        started) count.
+        """
+        if since is None:
+            started = getattr(context.get("dag_run"), "start_date", None)
+            since = started.timestamp() if started is not None else None
+        session_id = _common.require_id(self.session_id, "session_id") if self.session_id else None
+        runs = self.hook.list_runs(session_id=session_id, max_items=ADOPTION_LISTING)
+        candidates = [
+            run
+            for run in runs
+            if run.get("task") == self.task
+            and (since is None or (_wire.parse_timestamp(run.get("createdAt")) or 0) >= since - LISTING_CLOCK_SKEW)
+        ]
+        if workspace_id is not None or self.workspace_id or self.session_id:
+            wanted = workspace_id or (str(self.workspace_id) if self.workspace_id else None)
+            return next((run for run in candidates if wanted is None or run.get("workspaceId") == wanted), None)
+        name = self._workspace_name(context)
+        for run in candidates:
+            if run.get("workspaceId") and self.hook.get_workspace(str(run["workspaceId"])).get("name") == name:
+                return run
+        return None
+
+    def _workspace_name(self, context: Context) -> str:
+        ti = context["ti"]
+        return _wire_v4.instance_workspace_name(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1))
+
+    def _start(self, context: Context, store: Any) -> dict[str, Any]:
+        """Create the run (after its workspace and inputs); an ambiguous create is found, not resent."""
+        workspace_id = self._workspace(context, store)
+        attached = self._upload_inputs(workspace_id) if self.input_files else []
+        body = self._body(workspace_id if not self.session_id else None, attached)
+        run = self._create_when_free(context, body, workspace_id)
+        if store is not None:
+            store.set(STATE_RUN_ID, str(run["id"]))
+        self.log.info("Started Browser Use run %s in session %s.", run["id"], run["sessionId"])
+        return run
+
+    def _workspace(self, context: Context, store: Any) -> str | None:
+        """The workspace the run works in: the session's, the one given, or a new one named
+        after this task instance (so that a retry can find the run)."""
+        if self.session_id:
+            if not self.input_files:
+                return None
+            session = self.hook.get_agent_session(_common.require_id(self.session_id, "session_id"))
+            return str(session["workspaceId"]) if session.get("workspaceId") else None
+        if self.workspace_id:
+            return _common.require_id(self.workspace_id, "workspace_id")
+        workspace = self.hook.create_workspace(self._workspace_name(context))
+        if store is not None:
+            store.set(STATE_WORKSPACE_ID, str(workspace["id"]))
+        return str(workspace["id"])
+
+    def _upload_inputs(self, workspace_id: str | None) -> list[str]:
+        """Upload ``input_files`` to the workspace; return their upload ids (URLs are never logged)."""
+        if workspace_id is None:
+            raise AirflowFailException("input_files need a workspace, and the session has none")
+        paths = _input_paths(self.input_files)
+        files = []
+        for path in paths:
+            size = int(path.stat().st_size)
+            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            files.append({"name": path.name, "contentType": content_type, "size": size})
+        uploads = self.hook.request_uploads(workspace_id, files)
+        for path, file, upload in zip(paths, files, uploads, strict=True):
+            self.hook.upload(
+                upload["uploadUrl"],
+                functools.partial(path.open, "rb"),
+                file["size"],
+                file["contentType"],
+                call=f"upload({file['name']})",
+            )
+            self.log.info(
+                "Uploaded %s (%d bytes) to workspace %s as %s.", path, file["size"], workspace_id, upload.get("path")
+            )
+        return [str(upload["id"]) for upload in uploads]
+
+    def _create_when_free(self, context: Context, body: dict[str, Any], workspace_id: str | None) -> dict[str, Any]:
+        """Create the run; while its session runs another (409) or the account's cap is full
+        (429), wait (nothing was created), within ``timeout``."""
+        started = time.monotonic()
+        deadline = started + self.timeout
+        refusals = 0
+        while True:
+            try:
+                return self._create(context, body, workspace_id)
+            except BrowserUseAPIError as error:
+                now = time.monotonic()
+                if error.http_status == 429:
+                    refusals += 1
+                    time.sleep(_common.session_cap_pause(error, refusals, now - started, deadline - now, self.log))
+                    continue
+                if error.http_status != 409:
+                    if error.http_status in (400, 404, 422):
+                        raise AirflowFailException(str(error)) from error
+                    raise
+                if now >= deadline:
+                    raise AirflowException(
+                        f"Session {self.session_id} still had an active run after {self.timeout} s; "
+                        "this run was not started."
+                    ) from error
+                self.log.info(
+                    "Session %s has an active run; asking again in %s s.", self.session_id, self.poll_interval
+                )
+            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+
+    def _create(self, context: Context, body: dict[str, Any], workspace_id: str | None) -> dict[str, Any]:
+        asked_at = time.time()
+        try:
+            return self.hook.create_run(body)
+        except BrowserUseAPIError as error:
+            if not may_have_taken_effect(error):
+                raise
+            self.log.warning("Creating the run may or may not have worked (%s); looking for it.", error)
+            found = look_again(lambda: self._find_run(context, workspace_id, since=asked_at))
+            if found is None:
+                raise AirflowException(f"{error}. No run it may have created was found.") from error
+            self.log.warning("Found the run the failed call created: %s.", found["id"])
+            return found
+
+    # --- waiting -------------------------------------------------------------------------------
+
+    def _wait_or_give_up(self, context: Context, run_id: str) -> None:
+        try:
+            self._wait(context, run_id)
+        except BaseException:
+            self._stop_remote_work("the wait ended in an error")
+            raise
+
+    def _wait(self, context: Context, run_id: str) -> None:
+        """Poll until the run ends; log each status once."""
+        deadline = time.monotonic() + self.timeout
+        last_status = None
+        while True:
+            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+            # Only the whole run carries the cost: read it when there is a budget to check.
+            view = self.hook.get_run(run_id) if self.max_cost_usd is not None else self.hook.get_run_status(run_id)
+            if _wire_v4.is_terminal(view):
+                return
+            cost = _wire_v4.over_budget(view, self.max_cost_usd)
+            if cost is not None:
+                self._stop_over_budget(context, run_id, cost)
+            if view.get("status") != last_status:
+                last_status = view.get("status")
+                self.log.info("Run %s is %s.", run_id, last_status)
+            if time.monotonic() >= deadline:
+                self._stop_remote_work(f"it did not end within timeout={self.timeout} s")
+                raise AirflowException(
+                    f"Browser Use run {run_id} did not end within {self.timeout} s; it was cancelled."
+                )
+
+    def _defer_unless_ended(self, context: Context, run_id: str, *, repairs_done: int) -> None:
+        from airflow_provider_browseruse.triggers.browser_use import AgentRunTrigger
+
+        try:
+            ended = _wire_v4.is_terminal(self.hook.get_run_status(run_id))
+        except BaseException:
+            self._stop_remote_work("the status check before deferring failed")
+            raise
+        if ended:
+            return
+        self.defer(
+            trigger=AgentRunTrigger(
+                run_id,
+                browser_use_conn_id=self.browser_use_conn_id,
+                poll_interval=self.poll_interval,
+                end_time=_common.wall_clock_deadline(self.timeout, self.execution_timeout, context["ti"]),
+                max_cost_usd=self.max_cost_usd,
+                cancel_on_kill=self.stop_on_give_up,
+                browser_session_id=self._browser_session_id,
+            ),
+            method_name="execute_complete",
+            kwargs={"repairs_done": repairs_done},
+        )
+
+    def execute_complete(self, context: Context, event: Any, repairs_done: int = 0) -> Any:
+        """Resume after the deferred wait: finish, or cancel the run and fail."""
+        ti = context["ti"]
+        expected = ti.xcom_pull(task_ids=ti.task_id, key=_common.RUN_ID_KEY, map_indexes=ti.map_index)
+        event = _common.run_event(event, expected)
+        run_id = event[_common.RUN_ID_KEY]
+        self._waited_run_id = run_id
+        if self._owns_session and self.keep_alive is None:
+            self._browser_session_id = ti.xcom_pull(
+                task_ids=ti.task_id, key=_common.SESSION_ID_KEY, map_indexes=ti.map_index
+            )
+        if event["event"] == "timeout":
+            self._stop_remote_work("its deadline passed while deferred")
+            raise AirflowException(
+                f"Browser Use run {run_id} did not end within the timeout ({self.timeout} s or the "
+                "execution_timeout); it was cancelled."
+            )
+        if event["event"] == "error":
+            self._stop_remote_work("waiting for it failed")
+            raise AirflowException(f"Waiting for Browser Use run {run_id} failed: {event.get('message')}")
+        if event["event"] == "over_budget":
+            self._stop_over_budget(
+                context, run_id, _wire.to_decimal(event.get("cost")), cancelled=event.get("stopped") is True
+            )
+        return self._finish(context, run_id, repairs_done=repairs_done)
+
+    # --- ending --------------------------------------------------------------------------------
+
+    def _stop_over_budget(self, context: Context, run_id: str, cost: Any, *, cancelled: bool = False) -> None:
+        """Cancel the run that passed ``max_cost_usd`` (and a browser this task started); fail for good."""
+        assert self.max_cost_usd is not None
+        self._waited_run_id = None
+        if not cancelled:
+            cancelled = _common.stop_run_quietly(self.hook, self.log, run_id, self._browser_session_id)
+        elif self._browser_session_id is not None:
+            _common.stop_browsers_quietly(self.hook, self.log, self._browser_session_id)
+        self._browser_session_id = None
+        _common.push_cost(context["ti"], cost)
+        raise _common.over_budget_run_failure(run_id, cost, self.max_cost_usd, cancelled=cancelled)
+
+    def _final_run(self, run_id: str) -> dict[str, Any]:
+        """The ended run, once its judge's verdict has landed when the policy needs it."""
+        run = self.hook.get_run(run_id)
+        deadline = time.monotonic() + JUDGEMENT_WAIT
+        while _wire_v4.awaits_judgement(run, self.success_policy) and time.monotonic() < deadline:
+            time.sleep(min(self.poll_interval, 5.0))
+            run = self.hook.get_run(run_id)
+        return run
+
+    def _finish(self, context: Context, run_id: str, *, repairs_done: int) -> Any:
+        """Judge the ended run and return its answer; then stop the browser this task started.
+
+        On the way out by an error the browser is stopped quietly (the error is the news); after
+        a success a browser that cannot be stopped fails the task, so that a retry (which adopts
+        the finished run, at no cost) tries again.
+        """
+        self._waited_run_id = None  # it has ended: nothing left to cancel
+        try:
+            output = self._result(context, run_id, repairs_done)
+        except BaseException:
+            if self._waited_run_id is None:  # not deferred again for a repair
+                self._end_browser(quietly=True)
+            raise
+        self._end_browser(quietly=False)
+        return output
+
+    def _result(self, context: Context, run_id: str, repairs_done: int) -> Any:
+        ti = context["ti"]
+        run = self._final_run(run_id)
+        ti.xcom_push(key=_common.RUN_KEY, value=_wire_v4.run_for_xcom(run))
+        _common.push_cost(ti, _wire_v4.run_cost(run))
+        self.log.info("%s.", _wire_v4.outcome(run))
+        failure = _wire_v4.run_failure(run, self.success_policy)
+        if _wire_v4.ended_at_budget(run, self.max_cost_usd):
+            assert self.max_cost_usd is not None
+            raise _common.over_budget_run_failure(run_id, _wire_v4.run_cost(run), self.max_cost_usd, cancelled=True)
+        if failure is not None:
+            raise BrowserUseTaskError(failure, run)
+        try:
+            output = _common.parsed_run_output(run, self.structured_output)
+        except ValueError as error:
+            if repairs_done >= self.structured_output_repairs:
+                raise BrowserUseTaskError(f"Browser Use run {run_id}: {error}", run) from error
+            return self._repair(context, run, str(error), repairs_done + 1)
+        if self.output_files_path is not None and run.get("workspaceId"):
+            paths = _common.copy_workspace_files(
+                self.hook, self.log, run_id, str(run["workspaceId"]), self.output_files_path
+            )
+            ti.xcom_push(key=_common.OUTPUT_FILES_KEY, value=paths)
+        self._push_session_cost(ti, str(run["sessionId"]))
+        return output
+
+    def _repair(self, context: Context, run: Mapping[str, Any], error: str, repair: int) -> Any:
+        """Ask for the answer again, in the schema, as a follow-up run in the same session."""
+        schema = _common.schema_of(self.structured_output) or {}
+        self.log.warning(
+            "Run %s answered out of its schema (%s); asking for a repair (%d of %d) in the same session.",
+            run.get("id"),
+            error,
+            repair,
+            self.structured_output_repairs,
+        )
+        body = {
+            "task": _wire_v4.repair_prompt(error, schema),
+            "sessionId": str(run["sessionId"]),
+            "outputSchema": schema,
+            **({"maxCostUsd": str(self.max_cost_usd)} if self.max_cost_usd is not None else {}),
+        }
+        created = self._create_when_free(context, body, None)
+        repair_id = str(created["id"])
+        context["ti"].xcom_push(key=_common.RUN_ID_KEY, value=repair_id)
+        self._waited_run_id = repair_id
+        if self.deferrable:
+            self._defer_unless_ended(context, repair_id, repairs_done=repair)
+        else:
+            self._wait_or_give_up(context, repair_id)
+        return self._finish(context, repair_id, repairs_done=repair)
+
+    def _push_session_cost(self, ti: Any, session_id: str) -> None:
+        try:
+            cost = self.hook.get_agent_session_cost(session_id)
+        except BrowserUseAPIError as error:  # a figure for the record: not worth failing the task
+            self.log.warning("Could not read the cost of session %s: %s", session_id, error)
+            return
+        ti.xcom_push(key=_common.SESSION_COST_KEY, value=cost)
+        self.log.info("Session %s has cost $%s so far.", session_id, _wire.to_decimal(cost.get("totalCostUsd")))
+
+    def _end_browser(self, *, quietly: bool) -> None:
+        """Stop the browser of the session this task started, unless ``keep_alive`` keeps it.
+
+        :raises AirflowException: it could not be stopped (unless ``quietly``: then logged).
+        """
+        session_id, self._browser_session_id = self._browser_session_id, None
+        if session_id is None:
+            if self.keep_alive is not None and self._owns_session:
+                self.log.info(
+                    "The session's browser stays up, billed, for up to keep_alive=%s s after the run, for a "
+                    "follow-up; end it with EndAgentSessionOperator.",
+                    self.keep_alive,
+                )
+            return
+        if quietly:
+            _common.stop_browsers_quietly(self.hook, self.log, session_id)
+            return
+        try:
+            if self.hook.stop_agent_session_browsers(session_id):
+                self.log.info("Stopped the browser of Browser Use session %s (it bills while it is up).", session_id)
+        except BrowserUseAPIError as error:
+            raise AirflowException(
+                f"The run succeeded, but the browser of Browser Use session {session_id} could not be stopped "
+                f"({error}); it bills until it stops. A retry uses the finished run and tries again."
+            ) from error
+
+    def _stop_remote_work(self, why: str) -> None:
+        """Cancel the run being waited for (and stop a browser this task started); never raises."""
+        run_id, self._waited_run_id = self._waited_run_id, None
+        if run_id is None or not self.stop_on_give_up:
+            return
+        session_id, self._browser_session_id = self._browser_session_id, None
+        if _common.stop_run_quietly(self.hook, self.log, run_id, session_id):
+            what = " and stopped its session's browser" if session_id else ""
+            self.log.warning("Cancelled Browser Use run %s%s because %s.", run_id, what, why)
+
+    def on_kill(self) -> None:
+        self._stop_remote_work("the Airflow task was killed")
+
+
+_BROWSER_SETTINGS = ("profile_id", "proxy_country_code", "custom_proxy", "screen_width", "screen_height", "record")
+
+
+def _input_paths(input_files: Any) -> list[Any]:
+    """``input_files`` as ObjectStoragePaths (a lone path or URL, or a list of them).
+
+    :raises ValueError: anything else, or more than the API attaches to one run.
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    if input_files is None:
+        return []
+    items = (
+        [input_files]
+        if isinstance(input_files, (str, ObjectStoragePath)) or hasattr(input_files, "open")
+        else input_files
+    )
+    if not isinstance(items, Sequence) or isinstance(items, (bytes, bytearray)):
+        raise ValueError(f"input_files must be a path or URL, or a list of them, got {input_files!r}")
+    if len(items) > _wire_v4.MAX_ATTACHED_FILES:
+        raise ValueError(f"input_files may name at most {_wire_v4.MAX_ATTACHED_FILES} files, got {len(items)}")
+    paths = []
+    for item in items:
+        if isinstance(item, str) and "{{" in item:
+            continue  # rendered at run time
+        if not isinstance(item, (str, ObjectStoragePath)) or not str(item).strip():
+            raise ValueError(f"input_files must hold paths or URLs, got {item!r}")
+        paths.append(item if isinstance(item, ObjectStoragePath) else ObjectStoragePath(item))
+    return paths
+
+
+class EndAgentSessionOperator(BrowserUseBaseOperator):
+    """End a v4 conversation the DAG kept open: nothing of it goes on running or billing.
+
+    Cancels its active run and its queued follow-up messages, stops its browsers (a kept-alive
+    browser bills until it is stopped), and with ``delete=True`` deletes the session (with
+    ``purge=True`` its data is purged first: Zero Data Retention projects only). Safe to run when
+    everything has ended already. Use it as a teardown:
+    ``run >> follow_up >> end.as_teardown(setups=run)``.
+
+    Returns ``{"session_id", "cancelled_run_id", "removed_messages", "stopped_browsers",
+    "deleted"}``; pushes the session's cost breakdown as ``session_cost`` and its total as
+    ``cost_usd``.
+
+    :param session_id: the v4 session to end (templated).
+    :param delete: delete the session afterwards.
+    :param purge: purge the session's data (ZDR projects only).
+    :param missing_ok: treat an unknown (or deleted) session as done instead of failing.
+    """
+
+    template_fields: Sequence[str] = ("session_id",)
+    ui_color = "#f3e5f5"
+
+    def __init__(
+        self, *, session_id: str, delete: bool = False, purge: bool = False, missing_ok: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        _common.check_id_if_known(session_id, "session_id")
+        self.session_id = session_id
+        self.delete = delete
+        self.purge = purge
+        self.missing_ok = missing_ok
+
+    def execute(self, context: Context) -> dict[str, Any] | None:
+        ti = context["ti"]
+        session_id = _common.require_id(self.session_id, "session_id")
+        _common.push_agent_session(ti, self.hook, session_id)
+        try:
+            session = self.hook.get_agent_session(session_id)
+        except BrowserUseAPIError as error:
+            if not error.is_not_found:
+                raise
+            if not self.missing_ok:
+                raise AirflowFailException(
+                    f"{error}. Is session_id right? Set missing_ok=True to allow this."
+                ) from error
+            self.log.info("Session %s does not exist (any more): nothing to end.", session_id)
+            return None
+        failed: list[str] = []  # each step is tried: one error must not leave the browser billing
+        removed = self._step(failed, "remove its queued messages", lambda: self._remove_queued(session_id)) or 0
+        cancelled = None
+        latest = session.get("latestRunId")
+        active = bool(latest) and not _wire_v4.is_terminal(session)
+        if active and self._step(failed, f"cancel run {latest}", lambda: self.hook.cancel_run(str(latest))):
+            cancelled = str(latest)
+            self.log.warning("Cancelled run %s of session %s.", latest, session_id)
+        stopped = self._step(failed, "stop its browsers", lambda: self.hook.stop_agent_session_browsers(session_id))
+        cost = self._step(failed, "read its cost", lambda: self.hook.get_agent_session_cost(session_id)) or {}
+        if cost:
+            ti.xcom_push(key=_common.SESSION_COST_KEY, value=cost)
+            _common.push_cost(ti, _wire.to_decimal(cost.get("totalCostUsd")))
+        if self.purge:
+            self._step(failed, "purge it", lambda: self.hook.purge_agent_session(session_id))
+        if self.delete and not failed:
+            self._step(failed, "delete it", lambda: self.hook.delete_agent_session(session_id))
+        if failed:
+            raise AirflowException(f"Could not end Browser Use session {session_id} in full: " + "; ".join(failed))
+        self.log.info(
+            "Ended session %s: %d queued message(s) removed, run cancelled: %s, %d browser(s) stopped%s; "
+            "it cost $%s in all.",
+            session_id,
+            removed,
+            cancelled or "none was active",
+            len(stopped or []),
+            ", deleted" if self.delete else "",
+            _wire.to_decimal(cost.get("totalCostUsd")),
+        )
+        return {
+            "session_id": session_id,
+            "cancelled_run_id": cancelled,
+            "removed_messages": removed,
+            "stopped_browsers": [str(browser.get("id")) for browser in stopped or []],
+            "deleted": self.delete,
+        }
+
+    def _step(self, failed: list[str], what: str, call: Callable[[], Any]) -> Any:
+        """Do one step of ending a session; on an API error, log and note it and go on."""
+        try:
+            done = call()
+        except BrowserUseAPIError as error:
+            self.log.error("Could not %s: %s", what, error)
+            failed.append(f"{what}: {error}")
+            return None
+        return True if done is None else done
+
+    def _remove_queued(self, session_id: str) -> int:
+        removed = 0
+        for message in self.hook.get_agent_session_queue(session_id):
+            if message.get("status") == "pending":
+                try:
+                    self.hook.remove_queued_message(session_id, int(message["id"]))
+                    removed += 1
+                except BrowserUseAPIError as error:
+                    if not error.is_not_found and error.http_status != 409:  # gone or taken since it was listed
+                        raise
+        return removed

@@ -508,24 +508,27 @@ def push_agent_session(ti: Any, hook: BrowserUseHook, session_id: str) -> None:
 
 
 def over_budget_run_failure(
-    run_id: str, cost: Decimal, max_cost_usd: float, *, cancelled: bool
+    run_id: str, cost: Decimal, cap: float, *, cancelled: bool, parameter: str = "max_cost_usd"
 ) -> AirflowFailException:
-    """The failure for a run past its budget: final, since a retry would pay again."""
+    """The failure for a run past its budget (``parameter``): final, since a retry would pay again."""
     what = "it was ended" if cancelled else "cancelling it FAILED: cancel it by hand"
+    spender = "Its session" if parameter == "session_max_cost_usd" else "It"
     return AirflowFailException(
-        f"Browser Use run {run_id} has cost ${cost}, past max_cost_usd={max_cost_usd}; {what}. "
+        f"Browser Use run {run_id} is over budget: {spender} has cost ${cost}, past {parameter}={cap}; {what}. "
         "Not retried: a retry would start a new run and pay again."
     )
 
 
-def stop_run_quietly(hook: BrowserUseHook, log: Log, run_id: str, session_id: str | None) -> bool:
-    """Cancel a v4 run and, given its session (one this task started), stop the session's browsers.
+def stop_run_quietly(hook: BrowserUseHook, log: Log, run_id: str | None, session_id: str | None) -> bool:
+    """Cancel a v4 run (if any) and, given its session (one this task started), stop the
+    session's browsers.
 
     Logs instead of raising; returns whether everything worked.
     """
     worked = True
     try:
-        hook.cancel_run(run_id)
+        if run_id is not None:
+            hook.cancel_run(run_id)
     except Exception as error:
         log.error("Could not cancel Browser Use run %s (%s): cancel it by hand.", run_id, error)
         worked = False
@@ -564,45 +567,61 @@ def parsed_run_output(run: Mapping[str, Any], structured_output: Any) -> Any:
     return output
 
 
-def workspace_file_names(files: Sequence[Any], skip_prefix: str = "uploads/") -> list[tuple[Mapping[str, Any], str]]:
-    """Return ``(file, name)`` for each workspace file a run wrote (not the uploads): one safe path
-    component each, all distinct (folders become ``_``; a taken name gets a number in front).
+def workspace_file_names(
+    files: Sequence[Any], *, skip_prefix: str = "uploads/", since: float | None = None
+) -> list[tuple[str, str]]:
+    """Return ``(path, name)`` for each workspace file a run wrote: not the uploads, and with
+    ``since``, not the files last changed before it (an earlier run's). Each name is one safe
+    path component (folders become ``_``), all distinct in any case (a number in front of one
+    taken, until it is free).
 
-    :raises AirflowException: a listed file without a download URL or a usable path.
+    :raises AirflowException: a listed file without a usable path.
     """
-    names: list[tuple[Mapping[str, Any], str]] = []
+    names: list[tuple[str, str]] = []
     taken: set[str] = set()
-    for number, file in enumerate(files, start=1):
+    for file in files:
         path = file.get("path") if isinstance(file, Mapping) else None
         if not isinstance(path, str) or path.startswith(skip_prefix):
             continue
-        if not isinstance(file.get("url"), str):
-            raise AirflowException(f"The API listed workspace file {path!r} without a download URL.")
-        name = _one_component(path)
+        changed = _wire.parse_timestamp(file.get("lastModified"))
+        if since is not None and changed is not None and changed < since - 1.0:
+            continue
+        name = _shortened(_one_component(path))
         if name.strip("._") == "":
             raise AirflowException(f"Workspace file {path!r} has no name it could be saved under.")
-        name = _shortened(name)
-        if name.casefold() in taken:
-            name = f"{number}-{name}"
-        taken.add(name.casefold())
-        names.append((file, name))
+        candidate, number = name, 1
+        while candidate.casefold() in taken:
+            number += 1
+            candidate = f"{number}-{name}"
+        taken.add(candidate.casefold())
+        names.append((path, candidate))
     return names
 
 
-def copy_workspace_files(hook: BrowserUseHook, log: Log, run_id: str, workspace_id: str, target: Any) -> list[str]:
+def copy_workspace_files(
+    hook: BrowserUseHook, log: Log, run_id: str, workspace_id: str, target: Any, *, since: float | None = None
+) -> list[str]:
     """Copy what a run wrote to its workspace under ``target``/<run id>/; return the paths.
 
-    The folder is named after the id this task checked; download URLs are never logged.
+    Each file's download URL is asked for just before its download (they expire within a
+    minute); URLs are never logged; a file whose download fails is not left behind half written.
     """
-    files = hook.list_workspace_files(workspace_id, include_urls=True)
-    names = workspace_file_names(files)
+    names = workspace_file_names(hook.list_workspace_files(workspace_id), since=since)
     folder = ObjectStoragePath(str(target)) / run_id
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for file, name in names:
-        path = folder / name
-        with path.open("wb") as destination:
-            size = hook.download(str(file["url"]), destination, call=f"download({name})")
-        log.info("Saved workspace file %s (%d bytes) to %s", file.get("path"), size, path)
-        paths.append(str(path))
+    for path, name in names:
+        listed = hook.list_workspace_files(workspace_id, prefix=path, include_urls=True)
+        url = next((f.get("url") for f in listed if f.get("path") == path), None)
+        if not isinstance(url, str):
+            raise AirflowException(f"The API gave no download URL for workspace file {path!r}.")
+        destination_path = folder / name
+        try:
+            with destination_path.open("wb") as destination:
+                size = hook.download(url, destination, call=f"download({name})")
+        except BaseException:
+            destination_path.unlink(missing_ok=True)
+            raise
+        log.info("Saved workspace file %s (%d bytes) to %s", path, size, destination_path)
+        paths.append(str(destination_path))
     return paths

@@ -36,6 +36,10 @@ KEEP_ALIVE_MIN = 120
 KEEP_ALIVE_MAX = 14_400
 #: The most files one run may have attached.
 MAX_ATTACHED_FILES = 20
+#: The largest file one upload takes (50 MiB); an empty one is refused too.
+MAX_UPLOAD_BYTES = 50 << 20
+#: Seconds a judge's verdict may take to land after its run ended, before it counts as missing.
+JUDGEMENT_WAIT = 120.0
 #: What a 403 means on every v4 route.
 ZERO_DATA_RETENTION = (
     "the project has Zero Data Retention enabled, where API v4 is not supported ({detail}); "
@@ -91,13 +95,6 @@ def over_budget(run: Mapping[str, Any], max_cost_usd: float | None) -> Decimal |
         return None
     cost = run_cost(run)
     return cost if cost > Decimal(str(max_cost_usd)) else None
-
-
-def ended_at_budget(run: Mapping[str, Any], max_cost_usd: float | None) -> bool:
-    """Whether a failed run was ended by its ``maxCostUsd`` (its cost reached the cap)."""
-    if max_cost_usd is None or run_status(run) is not RunStatus.FAILED:
-        return False
-    return run_cost(run) >= Decimal(str(max_cost_usd))
 
 
 def judge_verdict(run: Mapping[str, Any]) -> bool | None:
@@ -161,10 +158,11 @@ def run_for_xcom(run: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_output_text(run: Mapping[str, Any]) -> str | None:
-    """The run's answer as text: ``result``, or the server-parsed ``output`` as JSON."""
+    """The run's answer as text: the server-parsed ``output`` (with an ``outputSchema``) as JSON,
+    else ``result``."""
     import json
 
-    if run.get("output") is not None and run.get("result") is None:
+    if run.get("output") is not None:
         return json.dumps(run["output"])
     result = run.get("result")
     return result if isinstance(result, str) else None

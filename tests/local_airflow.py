@@ -85,7 +85,8 @@ def local_airflow(
     connection at ``base_url``; stop every component on the way out."""
     folder = home / "dags"
     folder.mkdir()
-    for name, text in dags.items():
+    for name, text in dags.items():  # a name may hold a folder: data files beside the DAGs
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
     port = free_port()
     env = {

@@ -18,7 +18,8 @@ from airflow_provider_browseruse.operators.browser_use import (
     StopSessionOperator,
     StopTaskOperator,
 )
-from airflow_provider_browseruse.sensors.browser_use import SessionStoppedSensor, TaskCompletedSensor
+from airflow_provider_browseruse.operators.browser_use_v4 import EndAgentSessionOperator, RunAgentOperator
+from airflow_provider_browseruse.sensors.browser_use import AgentRunSensor, SessionStoppedSensor, TaskCompletedSensor
 from airflow_provider_browseruse.testing import BrowserUseEmulator
 from tests.conftest import task_context
 
@@ -60,6 +61,28 @@ PARSE_TIME: list[tuple[str, Callable[[], Any], str]] = [
     ("max_cost_usd", lambda: RunTaskOperator(task_id="x", task="t", max_cost_usd="1.50"), "max_cost_usd must be a positive amount in USD, at most 100,000; got '1.50'"),
     ("max_cost_usd", lambda: TaskCompletedSensor(task_id="x", browser_use_task_id="{{ t }}", max_cost_usd=True), "max_cost_usd must be a positive amount"),
     ("timeout", lambda: CreateSessionOperator(task_id="x", timeout=-5), "timeout must be a positive number of seconds"),
+    # API v4
+    ("task", lambda: RunAgentOperator(task_id="x", task=""), "task must be a non-empty prompt"),
+    ("session_id", lambda: RunAgentOperator(task_id="x", task="t", session_id="conversation-1"), "session_id must be a Browser Use id"),
+    ("workspace_id", lambda: RunAgentOperator(task_id="x", task="t", workspace_id="ws"), "workspace_id must be a Browser Use id"),
+    ("profile_id", lambda: RunAgentOperator(task_id="x", task="t", profile_id="default"), "profile_id must be a Browser Use id"),
+    ("keep_alive", lambda: RunAgentOperator(task_id="x", task="t", keep_alive=30), "keep_alive must be a whole number from 120 to 14400"),
+    ("keep_alive", lambda: RunAgentOperator(task_id="x", task="t", keep_alive=True), "keep_alive must be a whole number"),
+    ("max_cost_usd", lambda: RunAgentOperator(task_id="x", task="t", max_cost_usd=float("nan")), "max_cost_usd must be a positive amount"),
+    ("session_max_cost_usd", lambda: RunAgentOperator(task_id="x", task="t", session_max_cost_usd=0), "session_max_cost_usd must be a positive amount"),
+    ("structured_output_repairs", lambda: RunAgentOperator(task_id="x", task="t", structured_output_repairs=-1), "structured_output_repairs must be a whole number from 0 to 5"),
+    ("structured_output", lambda: RunAgentOperator(task_id="x", task="t", structured_output={"type": 5}), "structured_output is not a valid JSON Schema"),
+    ("screen_width", lambda: RunAgentOperator(task_id="x", task="t", screen_width=10), "screen_width must be a whole number from 320 to 6144"),
+    ("judge", lambda: RunAgentOperator(task_id="x", task="t", judge=["yes"]), "judge must be True, False or a context string"),
+    ("success_policy", lambda: RunAgentOperator(task_id="x", task="t", success_policy="judge"), "success_policy='judge' needs judge"),
+    ("input_files", lambda: RunAgentOperator(task_id="x", task="t", input_files=b"data"), "input_files must be a path or URL"),
+    ("custom_proxy", lambda: RunAgentOperator(task_id="x", task="t", custom_proxy={"port": 1}), "custom_proxy needs a 'host'"),
+    ("extra_fields", lambda: RunAgentOperator(task_id="x", task="t", extra_fields={"sessionId": "x", "agentmail": True}), "extra_fields may not set sessionId"),
+    ("input_files", lambda: RunAgentOperator(task_id="x", task="t", input_files="nosuchscheme://bucket/a.csv"), "input_files holds 'nosuchscheme://bucket/a.csv'"),
+    ("poll_interval", lambda: RunAgentOperator(task_id="x", task="t", poll_interval=0), "poll_interval must be a positive number"),
+    ("run_id", lambda: AgentRunSensor(task_id="x", run_id="r-1"), "run_id must be a Browser Use id"),
+    ("max_cost_usd", lambda: AgentRunSensor(task_id="x", run_id="{{ r }}", max_cost_usd=-1), "max_cost_usd must be a positive amount"),
+    ("session_id", lambda: EndAgentSessionOperator(task_id="x", session_id="s"), "session_id must be a Browser Use id"),
 ]  # fmt: skip
 
 
@@ -85,6 +108,13 @@ RUN_TIME: list[tuple[str, Callable[[], Any], str]] = [
     ("session_id", lambda: RunTaskOperator(task_id="x", task="t", session_id="{{ 'zz' }}"), "session_id must be a Browser Use id"),
     ("task", lambda: RunTaskOperator(task_id="x", task="{{ '' }}"), "task rendered to an empty prompt"),
     ("metadata", lambda: RunTaskOperator(task_id="x", task="t", metadata={"n": "{{ 1 }}"}), None),
+    ("session_id", lambda: RunAgentOperator(task_id="x", task="t", session_id="{{ 'zz' }}"), "session_id must be a Browser Use id"),
+    ("workspace_id", lambda: RunAgentOperator(task_id="x", task="t", workspace_id="{{ 'ws' }}"), "workspace_id must be a Browser Use id"),
+    ("task", lambda: RunAgentOperator(task_id="x", task="{{ '' }}"), "task rendered to an empty prompt"),
+    ("input_files", lambda: RunAgentOperator(task_id="x", task="t", input_files="/nonexistent/wanted.csv"), "input_files: .*No such file"),
+    ("input_files", lambda: RunAgentOperator(task_id="x", task="t", input_files="/dev/null"), "input_files: /dev/null has 0 bytes; the API takes 1 to"),
+    ("run_id", lambda: AgentRunSensor(task_id="x", run_id="{{ 'nope' }}"), "run_id must be a Browser Use id"),
+    ("session_id", lambda: EndAgentSessionOperator(task_id="x", session_id="{{ 'nope' }}"), "session_id must be a Browser Use id"),
 ]  # fmt: skip
 
 

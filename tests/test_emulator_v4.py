@@ -19,6 +19,7 @@ from referencing.jsonschema import DRAFT202012
 
 from airflow_provider_browseruse.testing import BrowserUseEmulator, Scenario
 from airflow_provider_browseruse.testing._state import _iso
+from airflow_provider_browseruse.testing._state_v4 import JUDGE_DELAY
 
 SPEC = json.loads((Path(__file__).parent / "data" / "openapi-v4.json").read_text())
 UNKNOWN = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
@@ -112,7 +113,9 @@ def test_run_states_follow_the_clock(api: Client, emulator: BrowserUseEmulator, 
     clock.advance(0.5)
     failed = api("GET", f"/runs/{bad['id']}").json()
     assert (failed["status"], failed["result"], failed["error"]) == ("failed", None, "Login page did not load")
-    assert failed["judgement"]["verdict"] is False
+    assert failed["judgement"] is None  # the verdict lands a moment after the run ends
+    clock.advance(JUDGE_DELAY)
+    assert api("GET", f"/runs/{bad['id']}").json()["judgement"]["verdict"] is False
     assert api("GET", f"/runs/{halt['id']}/status").json()["status"] == "cancelled"
     assert emulator.active_run_count() == 0
 
@@ -232,8 +235,9 @@ def test_max_cost_ends_the_run_failed_at_the_cap(api: Client, emulator: BrowserU
     clock.advance(10)
     ended = api("GET", f"/runs/{created['id']}").json()
     assert (ended["status"], ended["totalCostUsd"], ended["result"]) == ("failed", "0.0500", None)
-    assert ended["error"] == "The run reached its maxCostUsd budget ($0.05)"
-    assert ended["judgement"]["verdict"] is False
+    assert ended["error"] == "The session reached its cost cap ($0.05)"  # maxCostUsd is the session's budget
+    clock.advance(JUDGE_DELAY)
+    assert api("GET", f"/runs/{created['id']}").json()["judgement"]["verdict"] is False
     events = api("GET", f"/runs/{created['id']}/events").json()["events"]
     assert events[-1]["type"] == "run.failed"
     assert events[-1]["ts"] == ended["updatedAt"]
@@ -729,7 +733,9 @@ def test_vendor_v4_sdk_works_unchanged(emulator: BrowserUseEmulator, tmp_path: P
     assert created.missing_file_ids == []
     ready = client.runs.wait_for_event(created.id, "browser.ready", timeout=5, interval=0.05)
     assert ready.type == "browser.ready" and "token=" in ready.data["live_view_url"]
-    done = client.runs.wait_for_completion(created.id, timeout=10, interval=0.05)
+    client.runs.wait_for_completion(created.id, timeout=10, interval=0.05)
+    time.sleep(JUDGE_DELAY)  # the verdict lands after the run
+    done = client.runs.get(created.id)
     assert (done.status.value, done.output, done.judgement) == (
         "completed",
         {"price": 9.5},

@@ -153,8 +153,9 @@ def test_a_wrong_path_says_the_route_does_not_exist(
     conn = {"conn_type": "browser_use", "host": base, "password": emulator.state.api_key}
     for error, attempts in call_both(conn, monkeypatch):
         assert (error.http_status, attempts) == (404, 1)
-        assert f"HTTP 404: Not Found at {base}: the server has no such route" in str(error)
-        assert "it ends in /api/v2" in str(error)
+        # /api/v3 is not a version this provider speaks: it is taken as the API root.
+        assert f"HTTP 404: Not Found at {base}/v2: the server has no such route" in str(error)
+        assert "the API root, such as https://api.browser-use.com/api, or a URL that ends in /api/v2" in str(error)
 
 
 def test_https_to_a_plain_http_server_is_a_final_tls_error(

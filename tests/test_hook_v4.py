@@ -58,6 +58,7 @@ def test_one_connection_gives_both_base_urls(host: str | None, v2: str, v4: str)
     settings = api_settings(FakeConn(host), "c")
     assert (settings.base_url, settings.v4_base_url) == (v2, v4)
     assert api_root("/api/v2") == api_root("/api/v4") == api_root("") == "/api"
+    assert api_root("/api/v3") == "/api/v3"  # not a version this provider speaks: the root itself
 
 
 @pytest.mark.parametrize(
@@ -204,3 +205,18 @@ def test_the_async_hook_reads_v4_and_stops_browsers(mock_conn: str, requests_moc
         status, stopped, after = asyncio.run(go())
         assert status in ("queued", "dispatching", "running") and stopped == 1 and after == "cancelled"
         assert emulator.active_browser_count() == 0
+
+
+def test_a_purge_refused_says_it_is_for_zdr_projects_only(hook: BrowserUseHook, requests_mock: rm.Mocker) -> None:
+    requests_mock.post(f"{V4}/sessions/{SID}/purge", status_code=403, json={"detail": "Forbidden"})
+    with pytest.raises(BrowserUseAPIError, match="purging is for Zero Data Retention projects only") as error:
+        hook.purge_agent_session(SID)
+    assert "has Zero Data Retention enabled" not in str(error.value)
+
+
+def test_a_presigned_url_refused_is_not_blamed_on_the_key(hook: BrowserUseHook, requests_mock: rm.Mocker) -> None:
+    url = "https://storage.example.test/bucket/out.md?X-Signature=secret"
+    requests_mock.get(url, status_code=403, text="<Error><Code>AccessDenied</Code></Error>")
+    with pytest.raises(BrowserUseAPIError, match="presigned URL was refused") as error:
+        hook.download(url, io.BytesIO(), call="download(out.md)")
+    assert "API key" not in str(error.value) and "X-Signature" not in str(error.value)

@@ -430,16 +430,151 @@ def test_workspace_file_names_are_made_safe_and_distinct() -> None:
     from airflow_provider_browseruse._compat import AirflowException
 
     files = [
-        {"path": "uploads/wanted.csv", "url": "https://x/1"},  # what was uploaded is not copied back
-        {"path": "../../etc/passwd", "url": "https://x/2"},
-        {"path": "report.md", "url": "https://x/3"},
-        {"path": "REPORT.md", "url": "https://x/4"},
-        {"path": "out/\x00evil.txt", "url": "https://x/5"},
+        {"path": "uploads/wanted.csv"},  # what was uploaded is not copied back
+        {"path": "../../etc/passwd"},
+        {"path": "report.md"},
+        {"path": "REPORT.md"},
+        {"path": "out/\x00evil.txt"},
+        {"path": "old.txt", "lastModified": "2026-01-01T00:00:00Z"},  # an earlier run's
     ]
-    names = [name for _, name in _common.workspace_file_names(files)]
-    assert names == [".._.._etc_passwd", "report.md", "4-REPORT.md", "out__evil.txt"]
+    since = 1_790_000_000.0  # 2026-09
+    names = [name for _, name in _common.workspace_file_names(files, since=since)]
+    assert names == [".._.._etc_passwd", "report.md", "2-REPORT.md", "out__evil.txt"]
     assert all("/" not in name and "\x00" not in name for name in names)
-    with pytest.raises(AirflowException, match="without a download URL"):
-        _common.workspace_file_names([{"path": "a.txt"}])
+    # A numbered name is checked against the names taken too.
+    tricky = [{"path": "2-a.txt"}, {"path": "A.txt"}, {"path": "a.txt"}]
+    assert [name for _, name in _common.workspace_file_names(tricky)] == ["2-a.txt", "A.txt", "3-a.txt"]
     with pytest.raises(AirflowException, match="no name it could be saved under"):
-        _common.workspace_file_names([{"path": "/", "url": "https://x"}])
+        _common.workspace_file_names([{"path": "/"}])
+
+
+def test_a_kept_alive_browser_is_stopped_when_the_task_gives_up(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("slow", duration=60).add("doomed", status="failed", duration=0.05)
+    with pytest.raises(AirflowException, match="did not end"):
+        op(task="a slow run", keep_alive=14_400, timeout=0.5).execute(context())
+    nothing_left(emulator)
+    with pytest.raises(BrowserUseTaskError):
+        op(task="a doomed run", keep_alive=14_400).execute(context())
+    nothing_left(emulator)  # the follow-up it was kept for will not come
+
+
+def test_a_try_that_died_after_creating_its_run_is_adopted_from_the_workspace(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("flaky", status="failed", duration=0.05).add("fine", output="ok")
+    store = FakeStore()
+    with pytest.raises(BrowserUseTaskError):
+        op(task="flaky then fine").execute(context(store))
+    failed_run = store.values["browser_use_run_id"]
+    # Try 2 creates its run, then its worker dies before storing the run's id.
+    from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+
+    real_create = BrowserUseHook.create_run
+    with pytest.MonkeyPatch.context() as patch:
+        emulator.state.scenario = Scenario().add("flaky", output="adopted", duration=1.0)
+
+        def create_then_die(self: BrowserUseHook, body: Any) -> Any:
+            real_create(self, body)
+            raise KeyboardInterrupt("the worker died")
+
+        patch.setattr(BrowserUseHook, "create_run", create_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            op(task="flaky then fine", stop_on_give_up=False).execute(context(store, try_number=2))
+    assert store.values["browser_use_run_id"] == ""  # the failed run is no longer this task's
+    assert op(task="flaky then fine").execute(context(store, try_number=3)) == "adopted"
+    assert emulator.count("POST", "/v4/runs") == 2 and store.values["browser_use_run_id"] != failed_run
+    nothing_left(emulator)
+
+
+def test_budgets_follow_v4s_session_semantics(emulator: BrowserUseEmulator) -> None:
+    """maxCostUsd is the session's budget on v4: a new session gets the lower cap, the session cap
+    is set once the first run ended, and a follow-up sends none (it would replace the budget)."""
+    from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
+
+    emulator.state.scenario = Scenario().add("first", output="one", duration=0.1).add("second", output="two")
+    sent: list[dict[str, Any]] = []
+    real_create = BrowserUseHook.create_run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            BrowserUseHook, "create_run", lambda self, body: sent.append(dict(body)) or real_create(self, body)
+        )
+        first = context()
+        op(task="first turn", keep_alive=600, max_cost_usd=0.5, session_max_cost_usd=3).execute(first)
+        session_id = first["ti"].xcom[_common.SESSION_ID_KEY]
+        op(task="second turn", session_id=session_id, max_cost_usd=0.2).execute(context())
+    assert sent[0]["maxCostUsd"] == "0.5" and "maxCostUsd" not in sent[1]
+    assert emulator.count("PATCH", f"/v4/sessions/{session_id}/cost-cap") == 1
+    assert emulator.state.v4.sessions[session_id].cost_cap == 3
+    EndAgentSessionOperator(task_id="end", session_id=session_id).execute(context())
+    nothing_left(emulator)
+
+
+def test_a_session_budget_reached_fails_without_retries(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("expensive", cost_per_second="1.0", duration=20)
+    with pytest.raises(AirflowFailException, match=r"session_max_cost_usd=0.4.*Not retried"):
+        op(task="an expensive run", session_max_cost_usd=0.4).execute(context())
+    nothing_left(emulator)
+
+
+def test_a_repair_keeps_the_judge(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = (
+        Scenario()
+        .add(
+            "did not match the required JSON Schema",
+            output_json={"title": "Dune", "price_gbp": 12.5},
+            judge_verdict=True,
+        )
+        .add("price of Dune", output="twelve fifty", duration=0.05)
+    )
+    operator = op(task="the price of Dune", structured_output=Price, judge=True, success_policy="judge")
+    assert operator.execute(context()) == {"title": "Dune", "price_gbp": 12.5}
+    _, repair = _runs(emulator)
+    assert repair["judgement"] == {"verdict": True, "reasoning": "Emulated judge: the scripted verdict."}
+    nothing_left(emulator)
+
+
+def test_a_follow_up_copies_only_the_files_it_wrote(emulator: BrowserUseEmulator, tmp_path: Path) -> None:
+    emulator.state.scenario = (
+        Scenario()
+        .add("draft", output="ok", duration=0.05, output_files=[{"file_name": "draft.md", "content": "v1"}])
+        .add("final", output="ok", duration=0.05, output_files=[{"file_name": "final.md", "content": "v2"}])
+    )
+    first = context()
+    op(task="write the draft", keep_alive=600).execute(first)
+    session_id = first["ti"].xcom[_common.SESSION_ID_KEY]
+    time.sleep(1.2)  # the draft is older than the follow-up by more than the clock's grace
+    follow = context()
+    op(task="write the final", session_id=session_id, output_files_path=str(tmp_path)).execute(follow)
+    assert [Path(p).name for p in follow["ti"].xcom[_common.OUTPUT_FILES_KEY]] == ["final.md"]
+    EndAgentSessionOperator(task_id="end", session_id=session_id).execute(context())
+    nothing_left(emulator)
+
+
+def test_the_triggers_kill_stops_the_browser_even_when_the_cancel_fails(emulator: BrowserUseEmulator) -> None:
+    import asyncio
+
+    emulator.state.scenario = Scenario().add("slow", duration=60)
+    with pytest.raises(TaskDeferred) as deferred:
+        op(task="a slow run", deferrable=True).execute(context())
+    emulator.add_fault(method="POST", path=r"/v4/runs/.*/cancel", status=401)
+    asyncio.run(deferred.value.trigger.on_kill())
+    assert emulator.active_browser_count() == 0 and emulator.active_run_count() == 1
+    emulator.state.v4.cancel_run(deferred.value.trigger.watched_id)
+    nothing_left(emulator)
+
+
+def test_the_deferred_sensor_waits_for_a_late_verdict(emulator: BrowserUseEmulator) -> None:
+    from browser_use_sdk.v4 import BrowserUse
+
+    emulator.state.scenario = Scenario().add("judged", output="seen", duration=0.3, judge_verdict=True)
+    client = BrowserUse(api_key=emulator.state.api_key, base_url=emulator.v4_base_url)
+    run = client.runs.create("a judged run", judge={})
+    sensor = AgentRunSensor(
+        task_id="wait", run_id=str(run.id), poke_interval=0.05, success_policy="judge", deferrable=True
+    )
+    ctx = context()
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(ctx)
+    event = first_event(deferred.value.trigger)
+    assert event["event"] == "ended"
+    assert sensor.execute_complete(ctx, event) == "seen"  # waited for the verdict to land
+    EndAgentSessionOperator(task_id="end", session_id=str(run.session_id)).execute(context())
+    nothing_left(emulator)

@@ -261,3 +261,117 @@ def test_a_wide_fan_out_never_fails_on_the_session_cap(
         assert run["tasks_created"] == 40 and run["most_tasks_for_one_prompt"] == 1  # none twice
         assert run["active_sessions_after"] == 0
     assert figures["unpooled"]["answered_429"] > 0  # without the pool the cap was hit, and waited out
+
+
+V4_DAG_ID = "browser_use_v4_pipeline"
+V4_FAULTS_DAG_ID = "v4_under_a_scheduler"
+#: A v4 run whose first try gives up while the run goes on (the retry must adopt it, through
+#: Airflow 3.3's task state store), and a deferred v4 run a user marks failed.
+V4_FAULTS_DAG = """
+from datetime import timedelta
+from airflow.sdk import DAG
+from airflow_provider_browseruse.operators import RunAgentOperator
+
+with DAG("v4_under_a_scheduler", schedule=None, default_args={"retries": 0}):
+    RunAgentOperator(
+        task_id="adopted", task="v4 adopt me", poll_interval=0.5, timeout=4, stop_on_give_up=False,
+        retries=1, retry_delay=timedelta(seconds=0),
+    )
+    RunAgentOperator(task_id="killed", task="v4 kill me", deferrable=True, poll_interval=1)
+"""
+
+
+@pytest.fixture
+def v4_airflow(tmp_path: Path, browser_use_emulator: BrowserUseEmulator) -> Iterator[Airflow]:
+    browser_use_emulator.state.api_key = API_KEY
+    dags = {
+        f"{V4_DAG_ID}.py": (ROOT / "example_dags" / f"{V4_DAG_ID}.py").read_text(),
+        f"{V4_FAULTS_DAG_ID}.py": V4_FAULTS_DAG,
+        "data/wanted_books.csv": "title\nDune\n",
+    }
+    with local_airflow(tmp_path, dags, browser_use_emulator.base_url, API_KEY) as instance:
+        yield instance
+
+
+def test_v4_under_a_real_scheduler_adopts_on_retry_stops_on_kill_and_leaks_nothing(
+    v4_airflow: Airflow, browser_use_emulator: BrowserUseEmulator
+) -> None:
+    airflow, emulator = v4_airflow, browser_use_emulator
+    emulator.state.scenario = (
+        Scenario()
+        .add("books.toscrape.com", output_json={"books": [{"title": "Dune", "price_gbp": 12.5}]}, duration=2)
+        .add("which is the cheapest", output="Dune", duration=1)
+        .add("v4 adopt me", output="adopted", duration=8)
+        .add("v4 kill me", duration=300)
+    )
+    parsed = "SELECT count(*) FROM dag WHERE dag_id IN (?, ?)"
+    airflow.wait_for("the DAGs to be parsed", lambda: airflow.query(parsed, V4_DAG_ID, V4_FAULTS_DAG_ID)[0][0] == 2)
+    for dag_id in (V4_DAG_ID, V4_FAULTS_DAG_ID):
+        airflow.cli("dags", "unpause", dag_id)
+        airflow.cli("dags", "trigger", dag_id, "--run-id", "v4")
+
+    def ti_state(dag_id: str, task_id: str) -> str:
+        rows = airflow.query(
+            "SELECT state FROM task_instance WHERE dag_id = ? AND task_id = ? AND run_id = 'v4'", dag_id, task_id
+        )
+        return (rows[0][0] or "") if rows else ""
+
+    def xcom(dag_id: str, task_id: str, key: str) -> object:
+        rows = airflow.query(
+            "SELECT value FROM xcom WHERE dag_id = ? AND task_id = ? AND key = ? AND run_id = 'v4'",
+            dag_id,
+            task_id,
+            key,
+        )
+        return json.loads(rows[0][0]) if rows else None
+
+    # A user marks the deferred run's task failed: the trigger's on_kill cancels the run and stops its browser.
+    airflow.wait_for("the v4 wait to be deferred", lambda: ti_state(V4_FAULTS_DAG_ID, "killed") == "deferred")
+    killed_run = str(xcom(V4_FAULTS_DAG_ID, "killed", "run_id"))
+    airflow.wait_for("the trigger to poll", lambda: emulator.count("GET", f"/v4/runs/{killed_run}/status") >= 2)
+    http = requests.Session()
+    http.headers["Authorization"] = (
+        f"Bearer {http.get(f'{airflow.api_url}/auth/token', timeout=30).json()['access_token']}"
+    )
+    marked = http.patch(
+        f"{airflow.api_url}/api/v2/dags/{V4_FAULTS_DAG_ID}/dagRuns/v4/taskInstances/killed",
+        json={"new_state": "failed"},
+        timeout=30,
+    )
+    assert marked.status_code == 200, marked.text
+    airflow.wait_for(
+        "the trigger's on_kill to cancel the run", lambda: emulator.count("POST", f"/v4/runs/{killed_run}/cancel") == 1
+    )
+    assert emulator.state.v4.get_run(killed_run)["status"] == "cancelled"
+
+    def ended(dag_id: str) -> str:
+        rows = airflow.query("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = 'v4'", dag_id)
+        return rows[0][0] if rows and rows[0][0] in ("success", "failed") else ""
+
+    for dag_id in (V4_DAG_ID, V4_FAULTS_DAG_ID):
+        airflow.wait_for(f"{dag_id} to end", lambda dag_id=dag_id: ended(dag_id) != "", timeout=240)
+    states = dict(airflow.query("SELECT task_id, state FROM task_instance WHERE dag_id = ?", V4_DAG_ID))
+    assert ended(V4_DAG_ID) == "success", (states, airflow.logs("scheduler")[-2000:])
+    assert xcom(V4_DAG_ID, "report", "return_value") == {"priced": 1, "cheapest": "Dune"}
+    # The retry found the run its first try left going (task state store) and used it: one run, two tries.
+    [(tries,)] = airflow.query(
+        "SELECT try_number FROM task_instance WHERE dag_id = ? AND task_id = 'adopted'", V4_FAULTS_DAG_ID
+    )
+    assert (tries, ti_state(V4_FAULTS_DAG_ID, "adopted")) == (2, "success")
+    adopted = [run for run in emulator.state.v4.runs.values() if run.prompt == "v4 adopt me"]
+    assert len(adopted) == 1 and xcom(V4_FAULTS_DAG_ID, "adopted", "return_value") == "adopted"
+    assert emulator.count("POST", "/v4/runs") == 4  # price check, follow-up, adopted, killed: no duplicate
+    airflow.wait_for(
+        "no run and no browser left",
+        lambda: emulator.active_run_count() == 0 and emulator.active_browser_count() == 0,
+        timeout=60,
+    )
+    leaks = [
+        f"{path.relative_to(airflow.home)}"
+        for path in airflow.home.rglob("*")
+        if path.is_file() and path.suffix != ".db" and API_KEY in path.read_text(errors="replace")
+    ]
+    with sqlite3.connect(airflow.home / "airflow.db") as db:
+        dump = "\n".join(db.iterdump())
+    assert leaks == [] and API_KEY not in dump
+    assert "token=" not in dump  # no live-view, upload or download URL in XCom or anywhere else

@@ -191,3 +191,15 @@ def test_v4_conversations_are_swept_by_the_same_rules_beside_v2_sessions(
     for sid in (v4["v4_ours_idle_young"],):
         emulator.state.v4.delete_session(sid)
     assert emulator.active_run_count() == 0 and emulator.active_browser_count() == 0
+
+
+def test_a_v4_listing_error_does_not_stop_the_v2_sweep(emulator: BrowserUseEmulator, mix: dict[str, str]) -> None:
+    emulator.add_fault(method="GET", path="/v4/browsers", status=500, times=10)
+    ctx = task_context()
+    with pytest.raises(Exception, match=r"1 could not be swept \(the rest were\): v4 browsers: .*500"):
+        StopIdleSessionsOperator(task_id="sweep", max_idle=HOUR, max_age=6 * HOUR).execute(ctx)
+    assert stopped(emulator, mix) == {"ours_idle_old", "ours_idle_recent_but_old"}
+    emulator.clear_faults()
+    emulator.add_fault(method="GET", path="/v4/browsers", status=404, times=10)  # a gateway without v4
+    assert StopIdleSessionsOperator(task_id="sweep", max_idle=HOUR).execute(task_context()) == []
+    emulator.clear_faults()

@@ -43,6 +43,8 @@ USER_AGENT = f"airflow-provider-browseruse/{__version__}"
 #: Seconds to wait for each HTTP answer, unless a hook is given its own ``timeout``.
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_API_ROOT = "/api"
+#: The API versions below the root that this provider speaks.
+API_VERSIONS = ("v2", "v4")
 
 
 # --- the connection ----------------------------------------------------------------------------
@@ -129,10 +131,11 @@ def api_settings(conn: Any, conn_id: str) -> ApiSettings:
 
 
 def api_root(path: str) -> str:
-    """The API root a base URL's path names: without a trailing ``/v<N>``; ``/api`` when empty."""
+    """The API root a base URL's path names: without a trailing ``/v2`` or ``/v4`` (the versions
+    this provider speaks; any other path is the root itself); ``/api`` when empty."""
     path = path.rstrip("/")
     head, _, last = path.rpartition("/")
-    if last[:1] == "v" and last[1:].isdigit():
+    if last in API_VERSIONS:
         return head  # ``https://gateway/v2``: the root is the gateway's own
     return path or DEFAULT_API_ROOT
 
@@ -229,7 +232,8 @@ def _failure_reason(
     if http_status == 404 and _is_generic(detail):
         return (
             f"HTTP 404: {detail or 'Not Found'}{at}: the server has no such route. Is the path of the "
-            "connection's base URL right (it ends in /api/v2)?"
+            "connection's base URL right (the API root, such as https://api.browser-use.com/api, or a URL "
+            "that ends in /api/v2)?"
         )
     if http_status == 403 and api_version == 4:
         return f"HTTP 403: {_wire_v4.ZERO_DATA_RETENTION.format(detail=detail or 'forbidden')}"
@@ -281,6 +285,22 @@ def api_error(
         kind=kind,
         retry_after=retry_after,
     )
+
+
+def storage_error(call: str, conn_id: str, status: int, body: bytes) -> BrowserUseAPIError:
+    """The error for a presigned download or upload the storage host refused: no API key was
+    involved, so a 401 or 403 means the URL itself (expired, or other headers than it was
+    signed for), not the connection."""
+    if status in (401, 403):
+        detail = body.decode("utf-8", "replace").strip()
+        return BrowserUseAPIError(
+            f"Browser Use {call} failed: HTTP {status} from the storage host: the presigned URL was refused "
+            f"(expired, or signed for other headers): {detail[:200]}",
+            call=call,
+            http_status=status,
+            detail=detail,
+        )
+    return api_error(call, conn_id, http_status=status, body=body.decode("utf-8", "replace"))
 
 
 def parse_json(body: bytes) -> Any:
@@ -933,9 +953,7 @@ class BrowserUseHook(BaseHook):
             )
             if status >= 300:
                 spool.seek(0)
-                raise api_error(
-                    call, self.browser_use_conn_id, http_status=status, body=spool.read(200).decode("utf-8", "replace")
-                )
+                raise storage_error(call, self.browser_use_conn_id, status, spool.read(200))
         except Exception as error:
             spool.close()
             mapped = sync_transport_error(call, self.browser_use_conn_id, error)
@@ -1086,9 +1104,20 @@ class BrowserUseHook(BaseHook):
     def purge_agent_session(self, session_id: str) -> None:
         """Delete a v4 session's data now (``POST /sessions/{id}/purge``; Zero Data Retention projects only)."""
         session_id = _wire.require_uuid(session_id, "session_id")
-        self._call(
-            f"purge_agent_session({session_id})", "POST", _wire_v4.session_path(session_id, "/purge"), api_version=4
-        )
+        call = f"purge_agent_session({session_id})"
+        try:
+            self._call(call, "POST", _wire_v4.session_path(session_id, "/purge"), api_version=4)
+        except BrowserUseAPIError as error:
+            if error.http_status != 403:
+                raise
+            # Here a 403 means the opposite of what it means elsewhere on v4.
+            raise BrowserUseAPIError(
+                f"Browser Use {call} failed: HTTP 403: purging is for Zero Data Retention projects only, and "
+                f"this project is not one ({error.detail}); delete the session instead",
+                call=call,
+                http_status=403,
+                detail=error.detail,
+            ) from None
 
     def get_agent_session_cost(self, session_id: str) -> dict[str, Any]:
         """Return what a v4 session has cost so far (``GET /sessions/{id}/cost``): LLM, search,
@@ -1212,9 +1241,7 @@ class BrowserUseHook(BaseHook):
                 raise
             raise mapped from None  # the URL is in requests' message: keep it out
         if status >= 300:
-            raise api_error(
-                call, self.browser_use_conn_id, http_status=status, body=bytes(answer[:200]).decode("utf-8", "replace")
-            )
+            raise storage_error(call, self.browser_use_conn_id, status, bytes(answer[:200]))
 
     def list_workspace_files(
         self, workspace_id: str, *, prefix: str | None = None, include_urls: bool = False

@@ -901,9 +901,11 @@ class StopIdleSessionsOperator(BrowserUseBaseOperator):
         try:
             browsers = self.hook.list_browsers(status=_wire.SessionStatus.ACTIVE, api_version=4)
         except BrowserUseAPIError as error:
-            if error.http_status != 403:
-                raise
-            self.log.info("API v4 is not available to this project (%s): no v4 conversations to sweep.", error)
+            if error.http_status in (403, 404):  # Zero Data Retention, or a gateway without v4
+                self.log.info("API v4 is not available here (%s): no v4 conversations to sweep.", error)
+            else:  # the v2 sweep goes on; the task fails at the end, naming this
+                self.log.error("Could not list the v4 browsers: %s", error)
+                failed.append(f"v4 browsers: {error}")
             return []
         found = []
         for browser in browsers:
@@ -942,11 +944,15 @@ class StopIdleSessionsOperator(BrowserUseBaseOperator):
             why = f"{age:.0f} s old (max_age {self.max_age:.0f} s)"
         else:
             return None
-        cost = _wire.to_decimal(self.hook.get_agent_session_cost(session_id).get("totalCostUsd"))
         if not self.report_only:
             if running and conversation.get("latestRunId"):
                 self.hook.cancel_run(str(conversation["latestRunId"]))
             self._stop_unless_reporting(self.hook.stop_agent_browser, str(browser["id"]))
+        try:  # after the stop: a figure for the report must not keep a browser billing
+            cost = _wire.to_decimal(self.hook.get_agent_session_cost(session_id).get("totalCostUsd"))
+        except BrowserUseAPIError as error:
+            self.log.warning("Could not read the cost of v4 session %s: %s", session_id, error)
+            cost = _wire.browser_cost(browser)
         self.log.warning(
             "%s the browser of v4 session %s: %s; the session had cost $%s.",
             "Would stop" if self.report_only else "Stopped",

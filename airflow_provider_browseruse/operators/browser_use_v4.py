@@ -10,6 +10,7 @@ import functools
 import mimetypes
 import time
 from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_browseruse import _common, _wire, _wire_v4
@@ -30,8 +31,6 @@ STATE_WORKSPACE_ID = "browser_use_workspace_id"
 ADOPTION_LISTING = 200
 #: The most repairs of a structured output a task may ask for.
 MAX_REPAIRS = 5
-#: Seconds a judge may take to land its verdict after the run ended, within ``timeout``.
-JUDGEMENT_WAIT = 120.0
 
 
 class RunAgentOperator(BrowserUseBaseOperator):
@@ -60,15 +59,17 @@ class RunAgentOperator(BrowserUseBaseOperator):
     this operator started the session and ``keep_alive`` is None, it asks the API for the least
     (120 s) and stops the browser itself when the task ends, however it ends. Give ``keep_alive``
     (seconds) to keep it for a follow-up run, and end the conversation with
-    :class:`EndAgentSessionOperator` as a teardown.
+    :class:`EndAgentSessionOperator` as a teardown; when the task fails, the browser is stopped
+    all the same (the follow-up will not come).
 
     Never leaks: when it gives up (``timeout``, ``execution_timeout``, an error while waiting, a
     kill, a user's kill of the deferred task) it cancels the run, and stops the browser of a
-    session it started, unless ``stop_on_give_up=False``. Retries never start a second run: v4
-    runs carry no metadata, so the run works in a workspace named after the task instance,
-    created first; on Airflow 3.3+ its ids also go to the task state store. A retry finds the
-    earlier try's run and adopts it (running: waits; completed: uses it; failed or cancelled:
-    starts anew); a create whose answer was lost is found the same way, never resent.
+    session it started (whatever ``keep_alive`` says), unless ``stop_on_give_up=False``.
+    Retries never start a second run: v4 runs carry no metadata, so the run works in a
+    workspace named after the task instance, created first; on Airflow 3.3+ its ids also go to
+    the task state store. A retry finds the earlier try's run and adopts it (running: waits;
+    completed: uses it; failed or cancelled: starts anew); a create whose answer was lost is
+    found the same way, never resent.
 
     :param task: the prompt (templated).
     :param model: the model name, passed as given (the API decides; None for the project's default).
@@ -88,18 +89,22 @@ class RunAgentOperator(BrowserUseBaseOperator):
         own success claim) or ``judge``.
     :param structured_output: a JSON Schema dict or a pydantic model class for the answer.
     :param structured_output_repairs: follow-up runs asking for a valid answer (0 to 5; default 1).
-    :param max_cost_usd: a budget for the run in USD, sent as ``maxCostUsd`` and checked on each
-        poll too: past it, the run is cancelled and the task fails without retries.
-    :param session_max_cost_usd: a budget for the whole session (``PATCH /sessions/{id}/cost-cap``),
-        for a conversation the DAG keeps open.
+    :param max_cost_usd: a budget for this run in USD, checked on each poll (the whole run is
+        read then): past it, the run is cancelled and the task fails without retries. A run that
+        starts a session also sends it as ``maxCostUsd`` (on v4 the session's budget).
+    :param session_max_cost_usd: a budget for the whole session, for a conversation the DAG keeps
+        open (``maxCostUsd`` of its first run, or ``PATCH /sessions/{id}/cost-cap``); reached,
+        the task fails without retries.
     :param input_files: files to give the agent (an ObjectStoragePath or URL, or a list of them:
         local, s3://, gs://...; templated), uploaded to the workspace and attached to the run.
     :param output_files_path: where to copy the files the run wrote to its workspace (templated);
         their paths go to XCom under ``output_files``.
     :param extra_fields: further RunCreateRequest fields, with the API's names, sent as given.
-    :param wait_for_completion: False returns the run id right after creation.
+    :param wait_for_completion: False returns the run id right after creation (its browser is
+        then left to the downstream tasks and the API's ``keepAlive``).
     :param poll_interval: seconds between status checks.
-    :param timeout: seconds to wait for the run (repairs included) before cancelling it and failing.
+    :param timeout: seconds a try may take in all (repairs and the judge's verdict included),
+        before it cancels the run and fails.
     :param stop_on_give_up: cancel the run (and stop a browser it started) when giving up on it.
     :param deferrable: wait in the triggerer (default: Airflow's ``[operators] default_deferrable``).
     """
@@ -173,8 +178,10 @@ class RunAgentOperator(BrowserUseBaseOperator):
         self._check_parameters()
         #: The run being waited for, to cancel on giving up; None when there is none.
         self._waited_run_id: str | None = None
-        #: The session whose browser this task stops when it ends or gives up (one it started).
-        self._browser_session_id: str | None = None
+        #: The session this task started, whose browser it stops when it ends or gives up.
+        self._owned_session_id: str | None = None
+        #: When ``timeout`` runs out (``time.time()``), counted from the start of the try.
+        self._deadline = 0.0
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
@@ -225,12 +232,25 @@ class RunAgentOperator(BrowserUseBaseOperator):
         if schema is not None and not isinstance(self.structured_output, type):
             _wire.check_json_schema(schema, "structured_output")
         _input_paths(self.input_files)
+        owned = sorted(set(self.extra_fields) & _FIELDS_OF_PARAMETERS)
+        if owned:
+            raise ValueError(
+                f"extra_fields may not set {', '.join(owned)}: this operator sets them from its own parameters "
+                "(and relies on them to stop what it starts)"
+            )
 
     @property
     def _owns_session(self) -> bool:
         return not self.session_id
 
     # --- the request ---------------------------------------------------------------------------
+
+    def _first_budget(self) -> float | None:
+        """``maxCostUsd`` for a new session: the session's budget on v4 (what its runs spend counts
+        against it), so the lower of the two caps; a follow-up sends none (it would replace the
+        session's budget) and is held to ``max_cost_usd`` by the client."""
+        caps = [cap for cap in (self.max_cost_usd, self.session_max_cost_usd) if cap is not None]
+        return min(caps) if caps and self._owns_session else None
 
     def _body(self, workspace_id: str | None, attached: list[str]) -> dict[str, Any]:
         settings = _wire.request_body(
@@ -246,55 +266,68 @@ class RunAgentOperator(BrowserUseBaseOperator):
         keep_alive = self.keep_alive
         if keep_alive is None and self._owns_session:
             keep_alive = _wire_v4.KEEP_ALIVE_MIN  # the least the API allows; the browser is stopped at the end
-        schema = _common.schema_of(self.structured_output)
+        budget = self._first_budget()
         return _wire.request_body(
             {
+                **self._turn_fields(),
                 "task": self.task,
-                "model": self.model,
                 "session_id": _common.require_id(self.session_id, "session_id") if self.session_id else None,
                 "workspace_id": workspace_id,
                 "browser_settings": settings or None,
                 "keep_alive": keep_alive,
-                "judge": None if self.judge is False else ({} if self.judge is True else {"context": self.judge}),
-                "max_cost_usd": str(_wire.check_cost_cap(self.max_cost_usd, "max_cost_usd"))
-                if self.max_cost_usd is not None
-                else None,
-                "output_schema": schema,
+                "max_cost_usd": str(_wire.check_cost_cap(budget, "max_cost_usd")) if budget is not None else None,
                 "attached_file_ids": attached or None,
             },
             self.extra_fields,
         )
+
+    def _turn_fields(self) -> dict[str, Any]:
+        """What every run of this task asks for, the repairs included: model, judge, schema."""
+        return {
+            "model": self.model,
+            "judge": None if self.judge is False else ({} if self.judge is True else {"context": self.judge}),
+            "output_schema": _common.schema_of(self.structured_output),
+        }
 
     # --- running -------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
         if not isinstance(self.task, str) or not self.task.strip():
             raise AirflowFailException(f"task rendered to an empty prompt: {self.task!r}")
+        self._deadline = time.time() + self.timeout
         ti = context["ti"]
         store = context.get("task_state_store")
         run = self._earlier_run(context, store)
         if run is None:
             run = self._start(context, store)
         run_id, session_id = str(run["id"]), str(run["sessionId"])
-        ti.xcom_push(key=_common.RUN_ID_KEY, value=run_id)
-        ti.xcom_push(key=_common.WORKSPACE_ID_KEY, value=run.get("workspaceId"))
-        _common.push_agent_session(ti, self.hook, session_id)
-        self.log.info("Follow run %s in its session's page: %s", run_id, self.hook.agent_session_ui_url(session_id))
-        self._browser_session_id = session_id if self._owns_session and self.keep_alive is None else None
-        if self.session_max_cost_usd is not None:
-            self.hook.set_agent_session_cost_cap(session_id, self.session_max_cost_usd)
-        if not self.wait_for_completion:
-            self._browser_session_id = None  # a downstream task works with it
-            return run_id
-        self._waited_run_id = run_id
-        if self.deferrable:
-            self._defer_unless_ended(context, run_id, repairs_done=0)
-        else:
-            self._wait_or_give_up(context, run_id)
-        return self._finish(context, run_id, repairs_done=0)
+        if self.wait_for_completion:
+            # From here on, every way out stops what this task started.
+            self._waited_run_id = run_id
+            self._owned_session_id = session_id if self._owns_session else None
+        try:
+            ti.xcom_push(key=_common.RUN_ID_KEY, value=run_id)
+            ti.xcom_push(key=_common.WORKSPACE_ID_KEY, value=run.get("workspaceId"))
+            _common.push_agent_session(ti, self.hook, session_id)
+            self.log.info("Follow run %s in its session's page: %s", run_id, self.hook.agent_session_ui_url(session_id))
+            if not self.wait_for_completion:
+                return run_id
+            if self.deferrable:
+                self._defer_unless_ended(context, run_id, repairs_done=0, spent=0.0)
+            else:
+                self._wait(context, run_id)
+        except BaseException as error:
+            if not _is_deferral(error):
+                self._stop_remote_work(f"the task failed while waiting ({type(error).__name__})")
+            raise
+        return self._finish(context, run_id, repairs_done=0, spent=0.0)
 
     def _earlier_run(self, context: Context, store: Any) -> dict[str, Any] | None:
-        """The run an earlier try of this task instance started, if it can still be used."""
+        """The run an earlier try of this task instance started, if it can still be used.
+
+        On Airflow 3.3+ the task state store names it (or, when a try died between creating it
+        and storing its id, its workspace); otherwise a retry looks for it by its workspace's name.
+        """
         ti = context["ti"]
         run_id = store.get(STATE_RUN_ID) if store is not None else None
         workspace_id = store.get(STATE_WORKSPACE_ID) if store is not None else None
@@ -305,8 +338,10 @@ class RunAgentOperator(BrowserUseBaseOperator):
             except BrowserUseAPIError as error:
                 if not error.is_not_found:
                     raise
-        elif workspace_id or int(getattr(ti, "try_number", 1)) > 1:
-            run = self._find_run(context, str(workspace_id) if workspace_id else None, since=None)
+        elif workspace_id:
+            run = self._find_run(context, workspace_id=str(workspace_id))
+        elif int(getattr(ti, "try_number", 1)) > 1:
+            run = self._find_run(context, by_name=not (self.session_id or self.workspace_id), adopting=True)
         if run is None:
             return None
         if _wire_v4.run_status(run) in _wire_v4.RUN_FAILED_STATUSES:
@@ -319,33 +354,54 @@ class RunAgentOperator(BrowserUseBaseOperator):
         )
         return run
 
-    def _find_run(self, context: Context, workspace_id: str | None, since: float | None) -> dict[str, Any] | None:
-        """The newest run with this task's prompt that this task instance started (none: None).
+    def _find_run(
+        self,
+        context: Context,
+        *,
+        workspace_id: str | None = None,
+        session_id: str | None = None,
+        prompt: str | None = None,
+        since: float | None = None,
+        by_name: bool = False,
+        adopting: bool = False,
+    ) -> dict[str, Any] | None:
+        """The newest run with ``prompt`` (this task's, by default) that this task instance started.
 
-        Recognised by its workspace (the one this task created, known by id or by the name
-        derived from the task instance), or, for a follow-up or a given workspace, by its
-        session or workspace and its prompt. Only runs since ``since`` (else since the DAG run
-        started) count.
+        Recognised by the workspace it created (``workspace_id``, or with ``by_name`` by the
+        name derived from the task instance); else, for a follow-up or a given workspace, by
+        that session or workspace and the prompt, where another task's run with the same prompt
+        could also fit: when several do, none is taken (an ambiguous create fails; a retry
+        starts anew). Only runs since ``since`` (else since the DAG run started) count.
         """
+        prompt = self.task if prompt is None else prompt
         if since is None:
             started = getattr(context.get("dag_run"), "start_date", None)
             since = started.timestamp() if started is not None else None
-        session_id = _common.require_id(self.session_id, "session_id") if self.session_id else None
+        session_id = session_id or (_common.require_id(self.session_id, "session_id") if self.session_id else None)
         runs = self.hook.list_runs(session_id=session_id, max_items=ADOPTION_LISTING)
-        candidates = [
+        fits = [
             run
             for run in runs
-            if run.get("task") == self.task
+            if run.get("task") == prompt
             and (since is None or (_wire.parse_timestamp(run.get("createdAt")) or 0) >= since - LISTING_CLOCK_SKEW)
         ]
-        if workspace_id is not None or self.workspace_id or self.session_id:
-            wanted = workspace_id or (str(self.workspace_id) if self.workspace_id else None)
-            return next((run for run in candidates if wanted is None or run.get("workspaceId") == wanted), None)
-        name = self._workspace_name(context)
-        for run in candidates:
-            if run.get("workspaceId") and self.hook.get_workspace(str(run["workspaceId"])).get("name") == name:
-                return run
-        return None
+        if workspace_id is not None:
+            return next((run for run in fits if run.get("workspaceId") == workspace_id), None)
+        if by_name:
+            name = self._workspace_name(context)
+            for run in fits:
+                if run.get("workspaceId") and self.hook.get_workspace(str(run["workspaceId"])).get("name") == name:
+                    return run
+            return None
+        if self.workspace_id:
+            fits = [run for run in fits if run.get("workspaceId") == str(self.workspace_id)]
+        if len(fits) > 1:
+            ids = ", ".join(str(run.get("id")) for run in fits)
+            if adopting:
+                self.log.warning("Several runs could be an earlier try's (%s): adopting none.", ids)
+                return None
+            raise AirflowException(f"Creating the run may have worked, but several runs fit: {ids}.")
+        return fits[0] if fits else None
 
     def _workspace_name(self, context: Context) -> str:
         ti = context["ti"]
@@ -353,10 +409,20 @@ class RunAgentOperator(BrowserUseBaseOperator):
 
     def _start(self, context: Context, store: Any) -> dict[str, Any]:
         """Create the run (after its workspace and inputs); an ambiguous create is found, not resent."""
+        inputs = self._input_files()  # checked before anything is created
+        if store is not None:
+            store.set(STATE_RUN_ID, "")  # an earlier try's failed run is no longer this task's
+        if self.session_id and self.session_max_cost_usd is not None:
+            self.hook.set_agent_session_cost_cap(
+                _common.require_id(self.session_id, "session_id"), self.session_max_cost_usd
+            )
         workspace_id = self._workspace(context, store)
-        attached = self._upload_inputs(workspace_id) if self.input_files else []
+        attached = self._upload_inputs(workspace_id, inputs) if inputs else []
         body = self._body(workspace_id if not self.session_id else None, attached)
-        run = self._create_when_free(context, body, workspace_id)
+        own_workspace = workspace_id if not (self.session_id or self.workspace_id) else None
+        run = self._create_when_free(
+            body, lambda since: self._find_run(context, workspace_id=own_workspace, since=since)
+        )
         if store is not None:
             store.set(STATE_RUN_ID, str(run["id"]))
         self.log.info("Started Browser Use run %s in session %s.", run["id"], run["sessionId"])
@@ -377,18 +443,32 @@ class RunAgentOperator(BrowserUseBaseOperator):
             store.set(STATE_WORKSPACE_ID, str(workspace["id"]))
         return str(workspace["id"])
 
-    def _upload_inputs(self, workspace_id: str | None) -> list[str]:
-        """Upload ``input_files`` to the workspace; return their upload ids (URLs are never logged)."""
+    def _input_files(self) -> list[tuple[Any, dict[str, Any]]]:
+        """Each rendered input file with what its upload declares (name, content type, size).
+
+        :raises AirflowFailException: naming ``input_files``: not paths, a file not there, or one
+            the API would refuse (empty, or larger than it takes).
+        """
+        try:
+            inputs = []
+            for path in _input_paths(self.input_files):
+                size = int(path.stat().st_size)
+                if not 0 < size <= _wire_v4.MAX_UPLOAD_BYTES:
+                    raise ValueError(f"{path} has {size:,} bytes; the API takes 1 to {_wire_v4.MAX_UPLOAD_BYTES:,}")
+                content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                inputs.append((path, {"name": path.name, "contentType": content_type, "size": size}))
+            return inputs
+        except (ValueError, OSError) as error:
+            raise AirflowFailException(f"input_files: {error}") from error
+
+    def _upload_inputs(self, workspace_id: str | None, inputs: list[tuple[Any, dict[str, Any]]]) -> list[str]:
+        """Upload the input files to the workspace, each presigned just before its PUT (the URLs
+        expire); return their upload ids. URLs are never logged."""
         if workspace_id is None:
             raise AirflowFailException("input_files need a workspace, and the session has none")
-        paths = _input_paths(self.input_files)
-        files = []
-        for path in paths:
-            size = int(path.stat().st_size)
-            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            files.append({"name": path.name, "contentType": content_type, "size": size})
-        uploads = self.hook.request_uploads(workspace_id, files)
-        for path, file, upload in zip(paths, files, uploads, strict=True):
+        ids = []
+        for path, file in inputs:
+            [upload] = self.hook.request_uploads(workspace_id, [file])
             self.hook.upload(
                 upload["uploadUrl"],
                 functools.partial(path.open, "rb"),
@@ -399,66 +479,58 @@ class RunAgentOperator(BrowserUseBaseOperator):
             self.log.info(
                 "Uploaded %s (%d bytes) to workspace %s as %s.", path, file["size"], workspace_id, upload.get("path")
             )
-        return [str(upload["id"]) for upload in uploads]
+            ids.append(str(upload["id"]))
+        return ids
 
-    def _create_when_free(self, context: Context, body: dict[str, Any], workspace_id: str | None) -> dict[str, Any]:
+    def _create_when_free(self, body: dict[str, Any], find: Callable[[float], dict[str, Any] | None]) -> dict[str, Any]:
         """Create the run; while its session runs another (409) or the account's cap is full
-        (429), wait (nothing was created), within ``timeout``."""
+        (429), wait (nothing was created), within the task's deadline. After an ambiguous
+        failure, ``find`` looks for the run (given when it was asked for), which is never resent."""
         started = time.monotonic()
-        deadline = started + self.timeout
         refusals = 0
         while True:
+            asked_at = time.time()
             try:
-                return self._create(context, body, workspace_id)
+                return self.hook.create_run(body)
             except BrowserUseAPIError as error:
-                now = time.monotonic()
+                remaining = self._remaining()
                 if error.http_status == 429:
                     refusals += 1
-                    time.sleep(_common.session_cap_pause(error, refusals, now - started, deadline - now, self.log))
+                    time.sleep(
+                        _common.session_cap_pause(error, refusals, time.monotonic() - started, remaining, self.log)
+                    )
                     continue
+                if may_have_taken_effect(error):
+                    self.log.warning("Creating the run may or may not have worked (%s); looking for it.", error)
+                    found = look_again(functools.partial(find, asked_at))
+                    if found is None:
+                        raise AirflowException(f"{error}. No run it may have created was found.") from error
+                    self.log.warning("Found the run the failed call created: %s.", found["id"])
+                    return found
                 if error.http_status != 409:
                     if error.http_status in (400, 404, 422):
                         raise AirflowFailException(str(error)) from error
                     raise
-                if now >= deadline:
+                session_id = body.get("sessionId")
+                if remaining <= 0:
                     raise AirflowException(
-                        f"Session {self.session_id} still had an active run after {self.timeout} s; "
+                        f"Session {session_id} still had an active run at the timeout ({self.timeout} s); "
                         "this run was not started."
                     ) from error
-                self.log.info(
-                    "Session %s has an active run; asking again in %s s.", self.session_id, self.poll_interval
-                )
-            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
-
-    def _create(self, context: Context, body: dict[str, Any], workspace_id: str | None) -> dict[str, Any]:
-        asked_at = time.time()
-        try:
-            return self.hook.create_run(body)
-        except BrowserUseAPIError as error:
-            if not may_have_taken_effect(error):
-                raise
-            self.log.warning("Creating the run may or may not have worked (%s); looking for it.", error)
-            found = look_again(lambda: self._find_run(context, workspace_id, since=asked_at))
-            if found is None:
-                raise AirflowException(f"{error}. No run it may have created was found.") from error
-            self.log.warning("Found the run the failed call created: %s.", found["id"])
-            return found
+                self.log.info("Session %s has an active run; asking again in %s s.", session_id, self.poll_interval)
+            time.sleep(min(self.poll_interval, max(0.0, self._remaining())))
 
     # --- waiting -------------------------------------------------------------------------------
 
-    def _wait_or_give_up(self, context: Context, run_id: str) -> None:
-        try:
-            self._wait(context, run_id)
-        except BaseException:
-            self._stop_remote_work("the wait ended in an error")
-            raise
+    def _remaining(self) -> float:
+        """Seconds left of ``timeout``, counted from the start of the try (repairs included)."""
+        return self._deadline - time.time()
 
     def _wait(self, context: Context, run_id: str) -> None:
         """Poll until the run ends; log each status once."""
-        deadline = time.monotonic() + self.timeout
         last_status = None
         while True:
-            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(self.poll_interval, max(0.0, self._remaining())))
             # Only the whole run carries the cost: read it when there is a budget to check.
             view = self.hook.get_run(run_id) if self.max_cost_usd is not None else self.hook.get_run_status(run_id)
             if _wire_v4.is_terminal(view):
@@ -469,131 +541,158 @@ class RunAgentOperator(BrowserUseBaseOperator):
             if view.get("status") != last_status:
                 last_status = view.get("status")
                 self.log.info("Run %s is %s.", run_id, last_status)
-            if time.monotonic() >= deadline:
+            if self._remaining() <= 0:
                 self._stop_remote_work(f"it did not end within timeout={self.timeout} s")
                 raise AirflowException(
                     f"Browser Use run {run_id} did not end within {self.timeout} s; it was cancelled."
                 )
 
-    def _defer_unless_ended(self, context: Context, run_id: str, *, repairs_done: int) -> None:
+    def _defer_unless_ended(self, context: Context, run_id: str, *, repairs_done: int, spent: float) -> None:
         from airflow_provider_browseruse.triggers.browser_use import AgentRunTrigger
 
-        try:
-            ended = _wire_v4.is_terminal(self.hook.get_run_status(run_id))
-        except BaseException:
-            self._stop_remote_work("the status check before deferring failed")
-            raise
-        if ended:
+        if _wire_v4.is_terminal(self.hook.get_run_status(run_id)):
             return
+        end_time = _common.wall_clock_deadline(max(self._remaining(), 0.001), self.execution_timeout, context["ti"])
         self.defer(
             trigger=AgentRunTrigger(
                 run_id,
                 browser_use_conn_id=self.browser_use_conn_id,
                 poll_interval=self.poll_interval,
-                end_time=_common.wall_clock_deadline(self.timeout, self.execution_timeout, context["ti"]),
+                end_time=end_time,
                 max_cost_usd=self.max_cost_usd,
                 cancel_on_kill=self.stop_on_give_up,
-                browser_session_id=self._browser_session_id,
+                browser_session_id=self._owned_session_id,
             ),
             method_name="execute_complete",
-            kwargs={"repairs_done": repairs_done},
+            kwargs={"repairs_done": repairs_done, "spent": spent, "deadline": self._deadline},
         )
 
-    def execute_complete(self, context: Context, event: Any, repairs_done: int = 0) -> Any:
+    def execute_complete(
+        self, context: Context, event: Any, repairs_done: int = 0, spent: float = 0.0, deadline: float | None = None
+    ) -> Any:
         """Resume after the deferred wait: finish, or cancel the run and fail."""
         ti = context["ti"]
+        self._deadline = deadline if deadline is not None else time.time() + self.timeout
         expected = ti.xcom_pull(task_ids=ti.task_id, key=_common.RUN_ID_KEY, map_indexes=ti.map_index)
         event = _common.run_event(event, expected)
         run_id = event[_common.RUN_ID_KEY]
         self._waited_run_id = run_id
-        if self._owns_session and self.keep_alive is None:
-            self._browser_session_id = ti.xcom_pull(
+        if self._owns_session:
+            self._owned_session_id = ti.xcom_pull(
                 task_ids=ti.task_id, key=_common.SESSION_ID_KEY, map_indexes=ti.map_index
             )
-        if event["event"] == "timeout":
-            self._stop_remote_work("its deadline passed while deferred")
-            raise AirflowException(
-                f"Browser Use run {run_id} did not end within the timeout ({self.timeout} s or the "
-                "execution_timeout); it was cancelled."
-            )
-        if event["event"] == "error":
-            self._stop_remote_work("waiting for it failed")
-            raise AirflowException(f"Waiting for Browser Use run {run_id} failed: {event.get('message')}")
-        if event["event"] == "over_budget":
-            self._stop_over_budget(
-                context, run_id, _wire.to_decimal(event.get("cost")), cancelled=event.get("stopped") is True
-            )
-        return self._finish(context, run_id, repairs_done=repairs_done)
+        try:
+            if event["event"] == "timeout":
+                self._stop_remote_work("its deadline passed while deferred")
+                raise AirflowException(
+                    f"Browser Use run {run_id} did not end within the timeout ({self.timeout} s or the "
+                    "execution_timeout); it was cancelled."
+                )
+            if event["event"] == "error":
+                self._stop_remote_work("waiting for it failed")
+                raise AirflowException(f"Waiting for Browser Use run {run_id} failed: {event.get('message')}")
+            if event["event"] == "over_budget":
+                cost = _wire.to_decimal(event.get("cost"))
+                self._stop_over_budget(context, run_id, cost, cancelled=event.get("stopped") is True)
+        except BaseException:
+            self._stop_remote_work("the task failed")
+            raise
+        return self._finish(context, run_id, repairs_done=repairs_done, spent=spent)
 
     # --- ending --------------------------------------------------------------------------------
 
     def _stop_over_budget(self, context: Context, run_id: str, cost: Any, *, cancelled: bool = False) -> None:
         """Cancel the run that passed ``max_cost_usd`` (and a browser this task started); fail for good."""
         assert self.max_cost_usd is not None
+        session_id, self._owned_session_id = self._owned_session_id, None
         self._waited_run_id = None
         if not cancelled:
-            cancelled = _common.stop_run_quietly(self.hook, self.log, run_id, self._browser_session_id)
-        elif self._browser_session_id is not None:
-            _common.stop_browsers_quietly(self.hook, self.log, self._browser_session_id)
-        self._browser_session_id = None
+            cancelled = _common.stop_run_quietly(self.hook, self.log, run_id, session_id)
+        elif session_id is not None:
+            _common.stop_browsers_quietly(self.hook, self.log, session_id)
         _common.push_cost(context["ti"], cost)
         raise _common.over_budget_run_failure(run_id, cost, self.max_cost_usd, cancelled=cancelled)
 
     def _final_run(self, run_id: str) -> dict[str, Any]:
-        """The ended run, once its judge's verdict has landed when the policy needs it."""
+        """The ended run, once its judge's verdict has landed when the policy needs it (the
+        judge works after the run ends), within the task's deadline."""
         run = self.hook.get_run(run_id)
-        deadline = time.monotonic() + JUDGEMENT_WAIT
-        while _wire_v4.awaits_judgement(run, self.success_policy) and time.monotonic() < deadline:
+        waited_until = time.monotonic() + min(_wire_v4.JUDGEMENT_WAIT, max(0.0, self._remaining()))
+        while _wire_v4.awaits_judgement(run, self.success_policy) and time.monotonic() < waited_until:
             time.sleep(min(self.poll_interval, 5.0))
             run = self.hook.get_run(run_id)
         return run
 
-    def _finish(self, context: Context, run_id: str, *, repairs_done: int) -> Any:
-        """Judge the ended run and return its answer; then stop the browser this task started.
+    def _finish(self, context: Context, run_id: str, *, repairs_done: int, spent: float) -> Any:
+        """Judge the ended run and return its answer.
 
-        On the way out by an error the browser is stopped quietly (the error is the news); after
-        a success a browser that cannot be stopped fails the task, so that a retry (which adopts
-        the finished run, at no cost) tries again.
+        Whatever the way out, the browser of a conversation this task started is stopped (after
+        a success, unless ``keep_alive`` keeps it): quietly after an error (the error is the
+        news); after a success a browser that cannot be stopped fails the task, so that a retry
+        (which adopts the finished run, at no cost) tries again.
         """
         self._waited_run_id = None  # it has ended: nothing left to cancel
         try:
-            output = self._result(context, run_id, repairs_done)
-        except BaseException:
-            if self._waited_run_id is None:  # not deferred again for a repair
-                self._end_browser(quietly=True)
+            return self._result(context, run_id, repairs_done, spent)
+        except BaseException as error:
+            if not _is_deferral(error):  # deferred again for a repair: the browser is in use
+                self._end_browser(quietly=True, succeeded=False)
             raise
-        self._end_browser(quietly=False)
-        return output
 
-    def _result(self, context: Context, run_id: str, repairs_done: int) -> Any:
+    def _result(self, context: Context, run_id: str, repairs_done: int, spent: float) -> Any:
         ti = context["ti"]
         run = self._final_run(run_id)
+        spent += float(_wire_v4.run_cost(run))
         ti.xcom_push(key=_common.RUN_KEY, value=_wire_v4.run_for_xcom(run))
-        _common.push_cost(ti, _wire_v4.run_cost(run))
+        ti.xcom_push(key=_common.COST_KEY, value=spent)  # all of this task's runs: repairs too
         self.log.info("%s.", _wire_v4.outcome(run))
+        self._check_budgets(run)
         failure = _wire_v4.run_failure(run, self.success_policy)
-        if _wire_v4.ended_at_budget(run, self.max_cost_usd):
-            assert self.max_cost_usd is not None
-            raise _common.over_budget_run_failure(run_id, _wire_v4.run_cost(run), self.max_cost_usd, cancelled=True)
         if failure is not None:
             raise BrowserUseTaskError(failure, run)
+        if (
+            self._owns_session
+            and self.session_max_cost_usd is not None
+            and self._first_budget() != self.session_max_cost_usd
+        ):
+            # The first run's maxCostUsd was the lower run cap: follow-ups get the session's budget.
+            self.hook.set_agent_session_cost_cap(str(run["sessionId"]), self.session_max_cost_usd)
         try:
             output = _common.parsed_run_output(run, self.structured_output)
         except ValueError as error:
             if repairs_done >= self.structured_output_repairs:
                 raise BrowserUseTaskError(f"Browser Use run {run_id}: {error}", run) from error
-            return self._repair(context, run, str(error), repairs_done + 1)
+            return self._repair(context, run, str(error), repairs_done + 1, spent)
+        self._end_browser(quietly=False, succeeded=True)  # before the copy: it needs no browser
         if self.output_files_path is not None and run.get("workspaceId"):
             paths = _common.copy_workspace_files(
-                self.hook, self.log, run_id, str(run["workspaceId"]), self.output_files_path
+                self.hook,
+                self.log,
+                run_id,
+                str(run["workspaceId"]),
+                self.output_files_path,
+                since=_wire.parse_timestamp(run.get("createdAt")),
             )
             ti.xcom_push(key=_common.OUTPUT_FILES_KEY, value=paths)
         self._push_session_cost(ti, str(run["sessionId"]))
         return output
 
-    def _repair(self, context: Context, run: Mapping[str, Any], error: str, repair: int) -> Any:
+    def _check_budgets(self, run: Mapping[str, Any]) -> None:
+        """A run the server ended at a budget fails for good: a retry would pay again."""
+        if _wire_v4.run_status(run) is not _wire_v4.RunStatus.FAILED:
+            return
+        cost = _wire_v4.run_cost(run)
+        if self.max_cost_usd is not None and cost >= Decimal(str(self.max_cost_usd)):
+            raise _common.over_budget_run_failure(str(run["id"]), cost, self.max_cost_usd, cancelled=True)
+        if self.session_max_cost_usd is not None:
+            total = _wire.to_decimal(self.hook.get_agent_session_cost(str(run["sessionId"])).get("totalCostUsd"))
+            if total >= Decimal(str(self.session_max_cost_usd)):
+                raise _common.over_budget_run_failure(
+                    str(run["id"]), total, self.session_max_cost_usd, cancelled=True, parameter="session_max_cost_usd"
+                )
+
+    def _repair(self, context: Context, run: Mapping[str, Any], error: str, repair: int, spent: float) -> Any:
         """Ask for the answer again, in the schema, as a follow-up run in the same session."""
-        schema = _common.schema_of(self.structured_output) or {}
         self.log.warning(
             "Run %s answered out of its schema (%s); asking for a repair (%d of %d) in the same session.",
             run.get("id"),
@@ -601,21 +700,27 @@ class RunAgentOperator(BrowserUseBaseOperator):
             repair,
             self.structured_output_repairs,
         )
-        body = {
-            "task": _wire_v4.repair_prompt(error, schema),
-            "sessionId": str(run["sessionId"]),
-            "outputSchema": schema,
-            **({"maxCostUsd": str(self.max_cost_usd)} if self.max_cost_usd is not None else {}),
-        }
-        created = self._create_when_free(context, body, None)
+        session_id = str(run["sessionId"])
+        prompt = _wire_v4.repair_prompt(error, _common.schema_of(self.structured_output) or {})
+        body = _wire.request_body({**self._turn_fields(), "task": prompt, "session_id": session_id})
+        created = self._create_when_free(
+            body, lambda since: self._find_run(context, session_id=session_id, prompt=prompt, since=since)
+        )
         repair_id = str(created["id"])
+        store = context.get("task_state_store")
+        if store is not None:
+            store.set(STATE_RUN_ID, repair_id)  # a retry resumes from the latest run
         context["ti"].xcom_push(key=_common.RUN_ID_KEY, value=repair_id)
         self._waited_run_id = repair_id
         if self.deferrable:
-            self._defer_unless_ended(context, repair_id, repairs_done=repair)
+            self._defer_unless_ended(context, repair_id, repairs_done=repair, spent=spent)
         else:
-            self._wait_or_give_up(context, repair_id)
-        return self._finish(context, repair_id, repairs_done=repair)
+            try:
+                self._wait(context, repair_id)
+            except BaseException:
+                self._stop_remote_work("waiting for the repair failed")
+                raise
+        return self._finish(context, repair_id, repairs_done=repair, spent=spent)
 
     def _push_session_cost(self, ti: Any, session_id: str) -> None:
         try:
@@ -626,19 +731,21 @@ class RunAgentOperator(BrowserUseBaseOperator):
         ti.xcom_push(key=_common.SESSION_COST_KEY, value=cost)
         self.log.info("Session %s has cost $%s so far.", session_id, _wire.to_decimal(cost.get("totalCostUsd")))
 
-    def _end_browser(self, *, quietly: bool) -> None:
-        """Stop the browser of the session this task started, unless ``keep_alive`` keeps it.
+    def _end_browser(self, *, quietly: bool, succeeded: bool) -> None:
+        """Stop the browser of the session this task started; after a success, unless
+        ``keep_alive`` keeps it for a follow-up.
 
         :raises AirflowException: it could not be stopped (unless ``quietly``: then logged).
         """
-        session_id, self._browser_session_id = self._browser_session_id, None
+        session_id, self._owned_session_id = self._owned_session_id, None
         if session_id is None:
-            if self.keep_alive is not None and self._owns_session:
-                self.log.info(
-                    "The session's browser stays up, billed, for up to keep_alive=%s s after the run, for a "
-                    "follow-up; end it with EndAgentSessionOperator.",
-                    self.keep_alive,
-                )
+            return
+        if succeeded and self.keep_alive is not None:
+            self.log.info(
+                "The session's browser stays up, billed, for up to keep_alive=%s s after the run, for a "
+                "follow-up; end it with EndAgentSessionOperator.",
+                self.keep_alive,
+            )
             return
         if quietly:
             _common.stop_browsers_quietly(self.hook, self.log, session_id)
@@ -653,12 +760,14 @@ class RunAgentOperator(BrowserUseBaseOperator):
             ) from error
 
     def _stop_remote_work(self, why: str) -> None:
-        """Cancel the run being waited for (and stop a browser this task started); never raises."""
+        """Cancel the run being waited for, and stop the browser of a session this task started
+        (whatever ``keep_alive`` says: the follow-up it was kept for will not come); never raises."""
         run_id, self._waited_run_id = self._waited_run_id, None
-        if run_id is None or not self.stop_on_give_up:
+        session_id, self._owned_session_id = self._owned_session_id, None
+        if not self.stop_on_give_up or (run_id is None and session_id is None):
             return
-        session_id, self._browser_session_id = self._browser_session_id, None
-        if _common.stop_run_quietly(self.hook, self.log, run_id, session_id):
+        stopped = _common.stop_run_quietly(self.hook, self.log, run_id, session_id)
+        if stopped:
             what = " and stopped its session's browser" if session_id else ""
             self.log.warning("Cancelled Browser Use run %s%s because %s.", run_id, what, why)
 
@@ -666,6 +775,16 @@ class RunAgentOperator(BrowserUseBaseOperator):
         self._stop_remote_work("the Airflow task was killed")
 
 
+def _is_deferral(error: BaseException) -> bool:
+    """Whether ``error`` is Airflow's TaskDeferred (the task goes on in the triggerer)."""
+    return type(error).__name__ == "TaskDeferred"
+
+
+#: RunCreateRequest fields the operator sets from its parameters: not for ``extra_fields``.
+_FIELDS_OF_PARAMETERS = frozenset(
+    {"task", "model", "sessionId", "workspaceId", "browserSettings", "keepAlive", "judge", "maxCostUsd"}
+    | {"outputSchema", "attachedFileIds"}
+)
 _BROWSER_SETTINGS = ("profile_id", "proxy_country_code", "custom_proxy", "screen_width", "screen_height", "record")
 
 
@@ -693,7 +812,10 @@ def _input_paths(input_files: Any) -> list[Any]:
             continue  # rendered at run time
         if not isinstance(item, (str, ObjectStoragePath)) or not str(item).strip():
             raise ValueError(f"input_files must hold paths or URLs, got {item!r}")
-        paths.append(item if isinstance(item, ObjectStoragePath) else ObjectStoragePath(item))
+        try:
+            paths.append(item if isinstance(item, ObjectStoragePath) else ObjectStoragePath(item))
+        except ValueError as error:  # an unknown URL scheme, say
+            raise ValueError(f"input_files holds {item!r}, which is not a path or URL it can read: {error}") from None
     return paths
 
 
@@ -736,6 +858,16 @@ class EndAgentSessionOperator(BrowserUseBaseOperator):
         try:
             session = self.hook.get_agent_session(session_id)
         except BrowserUseAPIError as error:
+            if error.http_status == 403 and self.purge:  # Zero Data Retention: purging is all there is
+                self.hook.purge_agent_session(session_id)
+                self.log.info("Purged session %s (a Zero Data Retention project: no v4 runs to end).", session_id)
+                return {
+                    "session_id": session_id,
+                    "cancelled_run_id": None,
+                    "removed_messages": 0,
+                    "stopped_browsers": [],
+                    "deleted": False,
+                }
             if not error.is_not_found:
                 raise
             if not self.missing_ok:
@@ -759,7 +891,7 @@ class EndAgentSessionOperator(BrowserUseBaseOperator):
             _common.push_cost(ti, _wire.to_decimal(cost.get("totalCostUsd")))
         if self.purge:
             self._step(failed, "purge it", lambda: self.hook.purge_agent_session(session_id))
-        if self.delete and not failed:
+        if self.delete:  # deleting also cancels its run and messages: done whatever failed before
             self._step(failed, "delete it", lambda: self.hook.delete_agent_session(session_id))
         if failed:
             raise AirflowException(f"Could not end Browser Use session {session_id} in full: " + "; ".join(failed))
@@ -782,10 +914,10 @@ class EndAgentSessionOperator(BrowserUseBaseOperator):
         }
 
     def _step(self, failed: list[str], what: str, call: Callable[[], Any]) -> Any:
-        """Do one step of ending a session; on an API error, log and note it and go on."""
+        """Do one step of ending a session; on an error, log and note it and go on."""
         try:
             done = call()
-        except BrowserUseAPIError as error:
+        except Exception as error:  # an API error, or an answer not as it should be
             self.log.error("Could not %s: %s", what, error)
             failed.append(f"{what}: {error}")
             return None

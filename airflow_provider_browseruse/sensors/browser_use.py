@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -270,7 +271,9 @@ class AgentRunSensor(BrowserUseBaseSensor):
     ) -> None:
         super().__init__(**kwargs)
         _common.check_id_if_known(run_id, "run_id")
-        _common.schema_of(structured_output)
+        schema = _common.schema_of(structured_output)
+        if schema is not None and not isinstance(structured_output, type):
+            _wire.check_json_schema(schema, "structured_output")
         if max_cost_usd is not None:
             _wire.check_cost_cap(max_cost_usd, "max_cost_usd")
         self.run_id = run_id
@@ -293,11 +296,16 @@ class AgentRunSensor(BrowserUseBaseSensor):
         return _common.run_event(event, self.watched_id)
 
     def execute_complete(self, context: Context, event: Any) -> Any:
-        """Resume after the deferred wait; a run past its budget fails the sensor."""
+        """Resume after the deferred wait; a run past its budget fails the sensor; an ended run
+        is judged once its verdict has landed (the judge works after the run ends)."""
         checked = self.checked_event(event)
         if checked["event"] == "over_budget":
             self._over_budget(context, _wire.to_decimal(checked.get("cost")), cancelled=checked.get("stopped") is True)
-        return super().execute_complete(context, event)
+        if checked["event"] != "ended":
+            return super().execute_complete(context, event)
+        while not (result := self.poke(context)).is_done:  # bounded: poke fails past JUDGEMENT_WAIT
+            time.sleep(min(float(self.poke_interval), 5.0))
+        return result.xcom_value
 
     def poke(self, context: Context) -> PokeReturnValue:
         reader = self.hook.get_run if self.max_cost_usd is not None else self.hook.get_run_status
@@ -311,8 +319,15 @@ class AgentRunSensor(BrowserUseBaseSensor):
         ti = context["ti"]
         run = self.hook.get_run(self.watched_id)
         if _wire_v4.awaits_judgement(run, self.success_policy):
-            self.log.info("Run %s has ended; waiting for the judge's verdict.", self.watched_id)
-            return PokeReturnValue(is_done=False)
+            ended_at = _wire.parse_timestamp(run.get("updatedAt")) or time.time()
+            if time.time() - ended_at <= _wire_v4.JUDGEMENT_WAIT:
+                self.log.info("Run %s has ended; waiting for the judge's verdict.", self.watched_id)
+                return PokeReturnValue(is_done=False)
+            raise BrowserUseTaskError(
+                f"Browser Use run {self.watched_id} ended, but no judge's verdict landed within "
+                f"{_wire_v4.JUDGEMENT_WAIT:.0f} s (was the run started with judge?)",
+                run,
+            )
         ti.xcom_push(key=_common.RUN_ID_KEY, value=self.watched_id)
         ti.xcom_push(key=_common.RUN_KEY, value=_wire_v4.run_for_xcom(run))
         _common.push_agent_session(ti, self.hook, str(run["sessionId"]))

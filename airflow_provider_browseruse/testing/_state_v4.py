@@ -15,13 +15,17 @@ Rules the emulator follows (the vendor's documentation leaves some open; these a
 * A run is ``queued`` for the first half of its script's ``start_delay``, ``dispatching`` for
   the second half, ``running`` for ``duration``, then ends as the script says (finished ->
   ``completed``, failed -> ``failed``, stopped -> ``cancelled``).
-* ``maxCostUsd`` is a budget per run. When the run's cost would pass it, the run ends at that
-  moment with status ``failed`` and ``error`` "The run reached its maxCostUsd budget ($X)":
-  failed, because the run did not complete and nobody cancelled it (``cancelled`` is what a
-  cancel call, a session delete or an interrupting message gives). ``PATCH
-  /sessions/{id}/cost-cap`` sets a budget for the whole session: the cost of its runs so far
-  counts against it, and the active run ends ``failed`` the same way when the session's total
-  passes it ("The session reached its cost cap ($X)").
+* ``maxCostUsd`` on ``POST /runs`` is the session's budget, as the vendor's SDK 3.12.1
+  describes it: it replaces the session's budget (a follow-up without it keeps the current one),
+  and what the session's runs have cost so far counts against it; ``PATCH
+  /sessions/{id}/cost-cap`` sets the same budget. When the session's total would pass it, the
+  active run ends at that moment with status ``failed`` and ``error`` "The session reached its
+  cost cap ($X)": failed, because the run did not complete and nobody cancelled it
+  (``cancelled`` is what a cancel call, a session delete or an interrupting message gives).
+  (The older spec snapshot calls it a run's budget; for the first run of a session the two
+  are the same.)
+* The judge's verdict lands :data:`JUDGE_DELAY` seconds after its run ended (null until then),
+  as the vendor says it lands after the run.
 * A session's browser stays active until stopped (``PATCH /browsers/{id}``, session delete),
   until the session's ``keepAlive`` seconds (default 120; a run's ``keepAlive`` replaces it,
   follow-ups inherit it) after the last run on it ended, or at its 4 h lifetime. A run that
@@ -74,6 +78,8 @@ QUEUE_LIMIT = 10
 UPLOAD_URL_SECONDS = 300
 WORKSPACE_MAX_BYTES = 1 << 30
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
+#: Seconds after its run ended that a judge's verdict lands (null until then).
+JUDGE_DELAY = 0.3
 _SCRIPTED_STATUS = {"finished": "completed", "failed": "failed", "stopped": "cancelled"}
 
 ZDR_DETAIL = (
@@ -508,7 +514,8 @@ class V4World:
             session.keep_alive = body["keepAlive"] or DEFAULT_KEEP_ALIVE
         if body.get("model"):
             session.model = body["model"]
-        max_cost = body.get("maxCostUsd")
+        if body.get("maxCostUsd") is not None:  # the session's budget, replaced
+            session.cost_cap = _decimal(body["maxCostUsd"])
         run = Run(
             id=str(uuid.uuid4()),
             seq=self._next_seq(),
@@ -527,7 +534,6 @@ class V4World:
             output_schema=body.get("outputSchema"),
             model_params=body.get("modelParams"),
             judge=body.get("judge") is not None,
-            max_cost=_decimal(max_cost) if max_cost is not None else None,
             budget_floor=at,
         )
         run.attached_file_ids, run.missing_file_ids = self._attachments(session, body.get("attachedFileIds"), at)
@@ -586,7 +592,7 @@ class V4World:
         ended = now >= end
         completed = ended and status == "completed"
         judgement = None
-        if run.judge and ended and status in ("completed", "failed"):
+        if run.judge and now >= end + JUDGE_DELAY and status in ("completed", "failed"):
             verdict = run.script.judge_verdict if cause == "script" else None
             if verdict is None:
                 verdict = completed and bool(run.script.success_claim())

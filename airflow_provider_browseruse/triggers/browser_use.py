@@ -350,10 +350,23 @@ class AgentRunTrigger(_PollingTrigger):
         return True
 
     async def on_kill(self) -> None:
+        """Cancel the run and stop the browser of the session the operator started: each tried
+        whatever became of the other."""
         if not self.cancel_on_kill:
             return
         hook = self.hook()
-        await hook.cancel_run(self.watched_id)
-        self.log.info("Cancelled Browser Use run %s: its Airflow task was killed.", self.watched_id)
+        try:
+            await hook.cancel_run(self.watched_id)
+            self.log.info("Cancelled Browser Use run %s: its Airflow task was killed.", self.watched_id)
+        except Exception as error:
+            self.log.error("Could not cancel run %s (%s): cancel it by hand.", self.watched_id, hook.redact(str(error)))
         if self.browser_session_id is not None:
-            await hook.stop_agent_session_browsers(self.browser_session_id)
+            try:
+                await hook.stop_agent_session_browsers(self.browser_session_id)
+                self.log.info("Stopped the browser of session %s.", self.browser_session_id)
+            except Exception as error:
+                self.log.error(
+                    "Could not stop the browser of session %s (%s): stop it by hand.",
+                    self.browser_session_id,
+                    hook.redact(str(error)),
+                )

@@ -186,12 +186,16 @@ def instance_workspace_name(dag_id: str, run_id: str, task_id: str, map_index: i
 # --- structured output -------------------------------------------------------------------------
 
 
+#: How a repair prompt starts: a retry recognises the repairs of its conversation by it.
+REPAIR_PROMPT_START = "Your final answer did not match the required JSON Schema: "
+
+
 def repair_prompt(error: str, schema: Mapping[str, Any]) -> str:
     """The follow-up that asks the agent to answer again in the shape it was given."""
     import json
 
     return (
-        "Your final answer did not match the required JSON Schema: "
+        f"{REPAIR_PROMPT_START}"
         f"{error}. Answer again with only a JSON value that matches this schema, and nothing else: "
         f"{json.dumps(schema, separators=(',', ':'))}"
     )

@@ -283,7 +283,7 @@ MUTANTS = [
         "v4: no repair",
         "a structured answer out of shape is repaired in the same session",
         "operators/browser_use_v4.py",
-        "            if repairs_done >= self.structured_output_repairs:",
+        "            if repairs >= self.structured_output_repairs or self._remaining() <= 0:",
         "            if True:",
         ("tests/test_operators_v4.py::test_structured_output_is_checked_and_repaired_in_the_same_session",),
     ),

@@ -485,8 +485,9 @@ def test_a_try_that_died_after_creating_its_run_is_adopted_from_the_workspace(em
 
 
 def test_budgets_follow_v4s_session_semantics(emulator: BrowserUseEmulator) -> None:
-    """maxCostUsd is the session's budget on v4: a new session gets the lower cap, the session cap
-    is set once the first run ended, and a follow-up sends none (it would replace the budget)."""
+    """maxCostUsd is the session's budget on v4: a conversation kept for follow-ups gets
+    session_max_cost_usd (max_cost_usd is held by the client), a one-off run the lower cap, and
+    a follow-up sends none (it would replace the budget)."""
     from airflow_provider_browseruse.hooks.browser_use import BrowserUseHook
 
     emulator.state.scenario = Scenario().add("first", output="one", duration=0.1).add("second", output="two")
@@ -500,10 +501,15 @@ def test_budgets_follow_v4s_session_semantics(emulator: BrowserUseEmulator) -> N
         op(task="first turn", keep_alive=600, max_cost_usd=0.5, session_max_cost_usd=3).execute(first)
         session_id = first["ti"].xcom[_common.SESSION_ID_KEY]
         op(task="second turn", session_id=session_id, max_cost_usd=0.2).execute(context())
-    assert sent[0]["maxCostUsd"] == "0.5" and "maxCostUsd" not in sent[1]
-    assert emulator.count("PATCH", f"/v4/sessions/{session_id}/cost-cap") == 1
+    assert sent[0]["maxCostUsd"] == "3" and "maxCostUsd" not in sent[1]
     assert emulator.state.v4.sessions[session_id].cost_cap == 3
     EndAgentSessionOperator(task_id="end", session_id=session_id).execute(context())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            BrowserUseHook, "create_run", lambda self, body: sent.append(dict(body)) or real_create(self, body)
+        )
+        op(task="first turn", max_cost_usd=0.5, session_max_cost_usd=3).execute(context())
+    assert sent[2]["maxCostUsd"] == "0.5"  # the conversation ends with the task: the lower cap
     nothing_left(emulator)
 
 
@@ -577,4 +583,35 @@ def test_the_deferred_sensor_waits_for_a_late_verdict(emulator: BrowserUseEmulat
     assert event["event"] == "ended"
     assert sensor.execute_complete(ctx, event) == "seen"  # waited for the verdict to land
     EndAgentSessionOperator(task_id="end", session_id=str(run.session_id)).execute(context())
+    nothing_left(emulator)
+
+
+def test_a_retry_does_not_adopt_a_run_the_judge_rejected(emulator: BrowserUseEmulator) -> None:
+    emulator.state.scenario = Scenario().add("judged", output="done", judge_verdict=False, duration=0.05)
+    store = FakeStore()
+    operator = op(task="a judged run", judge=True, success_policy="judge")
+    with pytest.raises(BrowserUseTaskError, match="verdict is False"):
+        operator.execute(context(store))
+    emulator.state.scenario = Scenario().add("judged", output="done", judge_verdict=True, duration=0.05)
+    assert operator.execute(context(store, try_number=2)) == "done"
+    assert emulator.count("POST", "/v4/runs") == 2  # a new run, not the rejected one again
+    nothing_left(emulator)
+
+
+def test_a_follow_up_retry_adopts_its_running_run_past_a_failed_one(emulator: BrowserUseEmulator) -> None:
+    from browser_use_sdk.v4 import BrowserUse
+
+    emulator.state.scenario = Scenario().add("start", output="ok", duration=0.05).add("go on", status="failed")
+    first = context()
+    op(task="start the conversation", keep_alive=600).execute(first)
+    session_id = first["ti"].xcom[_common.SESSION_ID_KEY]
+    with pytest.raises(BrowserUseTaskError):  # try 1 of the follow-up: its run fails
+        op(task="go on", session_id=session_id).execute(context())
+    emulator.state.scenario = Scenario().add("go on", output="went on", duration=1.0)
+    client = BrowserUse(api_key=emulator.state.api_key, base_url=emulator.v4_base_url)
+    client.runs.create("go on", session_id=session_id)  # try 2 created this one, then died
+    # Try 3 (no task state store: Airflow 3.1/3.2) adopts it: the failed run does not count.
+    assert op(task="go on", session_id=session_id).execute(context(try_number=3)) == "went on"
+    assert emulator.count("POST", "/v4/runs") == 3 == len(emulator.state.v4.runs)  # try 3 created none
+    EndAgentSessionOperator(task_id="end", session_id=session_id).execute(context())
     nothing_left(emulator)

@@ -9,6 +9,7 @@ same :class:`~airflow_provider_browseruse._retry.RetryPolicy`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import ipaddress
 import itertools
@@ -308,10 +309,17 @@ def parse_json(body: bytes) -> Any:
 
     :raises ValueError: the body is not UTF-8, not JSON, or nested too deep to parse.
     """
+    # No garbage collection while parsing: a collection that runs an unrelated finalizer deep
+    # inside a hostile [[[[...]]]] would itself overflow the stack ("unraisable" errors).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return json.loads(body.decode("utf-8"))
     except RecursionError:  # a hostile answer such as [[[[...]]]]: refused, not a crash
         raise ValueError("JSON nested too deeply") from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def read_answer(
@@ -997,7 +1005,7 @@ class BrowserUseHook(BaseHook):
         :raises BrowserUseAPIError: the call failed; ``is_not_found`` for an unknown run.
         """
         run_id = _wire.require_uuid(run_id, "run_id")
-        return self._v4(f"get_run({run_id})", "GET", _wire_v4.run_path(run_id), required=("id", "status"))
+        return self._v4(f"get_run({run_id})", "GET", _wire_v4.run_path(run_id), required=("id", "status", "sessionId"))
 
     def get_run_status(self, run_id: str) -> dict[str, Any]:
         """Return ``{"status": ...}`` (v4 ``GET /runs/{id}/status``), the call meant for polling.
@@ -1043,19 +1051,35 @@ class BrowserUseHook(BaseHook):
         answer = self._v4(f"get_run_attachments({run_id})", "GET", _wire_v4.run_path(run_id, "/attachments"))
         return list(answer.get("attachments") or [])
 
-    def list_runs(self, *, session_id: str | None = None, max_items: int | None = None) -> list[dict[str, Any]]:
+    def list_runs(
+        self, *, session_id: str | None = None, max_items: int | None = None, created_after: float | None = None
+    ) -> list[dict[str, Any]]:
         """Return runs, most recent first, following the cursor (v4 ``GET /runs``).
 
         :param session_id: only the runs of this session.
         :param max_items: stop after this many (the newest); None reads every page.
+        :param created_after: stop at the first page that reaches runs created before this
+            (epoch seconds); they are left out.
         :raises ValueError: ``session_id`` is not a UUID.
         :raises BrowserUseAPIError: a page could not be read.
         """
         params = {"sessionId": _wire.require_uuid(session_id, "session_id")} if session_id is not None else {}
-        return self._list_by_cursor("list_runs", _wire_v4.RUNS_PATH, params, "runs", max_items)
+
+        def older(run: Mapping[str, Any]) -> bool:
+            created = _wire.parse_timestamp(run.get("createdAt"))
+            return created_after is not None and created is not None and created < created_after
+
+        runs = self._list_by_cursor("list_runs", _wire_v4.RUNS_PATH, params, "runs", max_items, stop=older)
+        return [run for run in runs if not older(run)]
 
     def _list_by_cursor(
-        self, call: str, path: str, params: Mapping[str, Any], items_key: str, max_items: int | None = None
+        self,
+        call: str,
+        path: str,
+        params: Mapping[str, Any],
+        items_key: str,
+        max_items: int | None = None,
+        stop: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         cursor: str | None = None
@@ -1063,11 +1087,12 @@ class BrowserUseHook(BaseHook):
             page_params = {**params, "limit": _wire.MAX_PAGE_SIZE, **({"cursor": cursor} if cursor else {})}
             page = self._v4(call, "GET", path, params=page_params)
             page_items = page.get(items_key)
-            if not isinstance(page_items, list):
+            if not isinstance(page_items, list) or not all(isinstance(item, dict) for item in page_items):
                 raise api_error(call, self.browser_use_conn_id, http_status=200, kind="malformed", reason="not a page")
             items.extend(page_items)
             cursor = page.get("nextCursor")
-            if (max_items is not None and len(items) >= max_items) or not page.get("hasMore") or not cursor:
+            enough = max_items is not None and len(items) >= max_items
+            if enough or not page.get("hasMore") or not cursor or (stop is not None and any(map(stop, page_items))):
                 return items[:max_items] if max_items is not None else items
         raise api_error(
             call,

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 #: Task state store keys (Airflow 3.3+): what this task instance started, across its tries.
 STATE_RUN_ID = "browser_use_run_id"
 STATE_WORKSPACE_ID = "browser_use_workspace_id"
-#: How many recent runs a retry looks through for the one an earlier try started.
-ADOPTION_LISTING = 200
+#: How far a try had come: repairs asked for, what its runs cost, when its first run started.
+STATE_PROGRESS = "browser_use_progress"
 #: The most repairs of a structured output a task may ask for.
 MAX_REPAIRS = 5
 
@@ -175,6 +175,8 @@ class RunAgentOperator(BrowserUseBaseOperator):
         self.timeout = timeout
         self.stop_on_give_up = stop_on_give_up
         self.deferrable = _common.default_deferrable() if deferrable is None else deferrable
+        #: A follow-up turn: ``session_id`` was given (if a template, it must render to an id).
+        self._follows_up = session_id is not None
         self._check_parameters()
         #: The run being waited for, to cancel on giving up; None when there is none.
         self._waited_run_id: str | None = None
@@ -241,16 +243,23 @@ class RunAgentOperator(BrowserUseBaseOperator):
 
     @property
     def _owns_session(self) -> bool:
-        return not self.session_id
+        """Whether this task starts the conversation (and so may stop its browser)."""
+        return not self._follows_up
 
     # --- the request ---------------------------------------------------------------------------
 
     def _first_budget(self) -> float | None:
-        """``maxCostUsd`` for a new session: the session's budget on v4 (what its runs spend counts
-        against it), so the lower of the two caps; a follow-up sends none (it would replace the
-        session's budget) and is held to ``max_cost_usd`` by the client."""
+        """``maxCostUsd`` for the run that starts a conversation. On v4 it is the *session's*
+        budget (what its runs spend counts; a follow-up's value replaces it): when the task ends
+        the conversation (no ``keep_alive``), the lower of the two caps, which then holds the run
+        and its repairs; when it keeps it for follow-ups, only ``session_max_cost_usd``
+        (``max_cost_usd`` is then held by the client). A follow-up sends none."""
+        if not self._owns_session:
+            return None
+        if self.keep_alive is not None:
+            return self.session_max_cost_usd
         caps = [cap for cap in (self.max_cost_usd, self.session_max_cost_usd) if cap is not None]
-        return min(caps) if caps and self._owns_session else None
+        return min(caps) if caps else None
 
     def _body(self, workspace_id: str | None, attached: list[str]) -> dict[str, Any]:
         settings = _wire.request_body(
@@ -271,7 +280,7 @@ class RunAgentOperator(BrowserUseBaseOperator):
             {
                 **self._turn_fields(),
                 "task": self.task,
-                "session_id": _common.require_id(self.session_id, "session_id") if self.session_id else None,
+                "session_id": _common.require_id(self.session_id, "session_id") if not self._owns_session else None,
                 "workspace_id": workspace_id,
                 "browser_settings": settings or None,
                 "keep_alive": keep_alive,
@@ -292,45 +301,62 @@ class RunAgentOperator(BrowserUseBaseOperator):
     # --- running -------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
-        if not isinstance(self.task, str) or not self.task.strip():
-            raise AirflowFailException(f"task rendered to an empty prompt: {self.task!r}")
+        self._check_rendered()
         self._deadline = time.time() + self.timeout
-        ti = context["ti"]
         store = context.get("task_state_store")
-        run = self._earlier_run(context, store)
-        if run is None:
-            run = self._start(context, store)
-        run_id, session_id = str(run["id"]), str(run["sessionId"])
-        if self.wait_for_completion:
-            # From here on, every way out stops what this task started.
-            self._waited_run_id = run_id
-            self._owned_session_id = session_id if self._owns_session else None
         try:
+            run, progress = self._earlier_run(context, store)
+            if run is None:
+                asked_at = time.time()
+                run = self._start(context, store)
+                run.setdefault("createdAt", _wire.format_timestamp(asked_at))  # a create's answer has none
+            run_id, session_id = str(run["id"]), str(run["sessionId"])
+            if self.wait_for_completion:  # from here on, every way out stops what this task started
+                self._waited_run_id = run_id
+                self._owned_session_id = session_id if self._owns_session else None
+            ti = context["ti"]
             ti.xcom_push(key=_common.RUN_ID_KEY, value=run_id)
             ti.xcom_push(key=_common.WORKSPACE_ID_KEY, value=run.get("workspaceId"))
             _common.push_agent_session(ti, self.hook, session_id)
             self.log.info("Follow run %s in its session's page: %s", run_id, self.hook.agent_session_ui_url(session_id))
             if not self.wait_for_completion:
                 return run_id
+            progress.setdefault("since", _wire.parse_timestamp(run.get("createdAt")))
             if self.deferrable:
-                self._defer_unless_ended(context, run_id, repairs_done=0, spent=0.0)
+                self._defer_unless_ended(context, run_id, progress)
             else:
-                self._wait(context, run_id)
+                self._wait(context, run_id, progress)
         except BaseException as error:
             if not _is_deferral(error):
-                self._stop_remote_work(f"the task failed while waiting ({type(error).__name__})")
+                self._stop_remote_work(f"the task failed ({type(error).__name__})")
             raise
-        return self._finish(context, run_id, repairs_done=0, spent=0.0)
+        return self._finish(context, run_id, progress)
 
-    def _earlier_run(self, context: Context, store: Any) -> dict[str, Any] | None:
-        """The run an earlier try of this task instance started, if it can still be used.
+    def _check_rendered(self) -> None:
+        """Refuse rendered values that cannot be right, before any request, naming the parameter."""
+        if not isinstance(self.task, str) or not self.task.strip():
+            raise AirflowFailException(f"task rendered to an empty prompt: {self.task!r}")
+        if self._follows_up and not self.session_id:
+            raise AirflowFailException(
+                f"session_id rendered to {self.session_id!r}: a follow-up needs the id of the session it continues"
+            )
+        for name in ("session_id", "workspace_id", "profile_id"):
+            if getattr(self, name):
+                _common.require_id(getattr(self, name), name)
+
+    def _earlier_run(self, context: Context, store: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The run an earlier try of this task instance started, if it can still be used, and
+        how far that try had come (repairs asked for, cost so far).
 
         On Airflow 3.3+ the task state store names it (or, when a try died between creating it
-        and storing its id, its workspace); otherwise a retry looks for it by its workspace's name.
+        and storing its id, its workspace); otherwise a retry looks for it by its workspace's
+        name, and takes its conversation's latest run when that is a repair.
         """
         ti = context["ti"]
         run_id = store.get(STATE_RUN_ID) if store is not None else None
         workspace_id = store.get(STATE_WORKSPACE_ID) if store is not None else None
+        stored = store.get(STATE_PROGRESS) if store is not None else None
+        progress: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
         run: dict[str, Any] | None = None
         if run_id:
             try:
@@ -339,20 +365,40 @@ class RunAgentOperator(BrowserUseBaseOperator):
                 if not error.is_not_found:
                     raise
         elif workspace_id:
-            run = self._find_run(context, workspace_id=str(workspace_id))
+            run = self._find_run(context, workspace_id=str(workspace_id), adopting=True)
         elif int(getattr(ti, "try_number", 1)) > 1:
-            run = self._find_run(context, by_name=not (self.session_id or self.workspace_id), adopting=True)
-        if run is None:
-            return None
-        if _wire_v4.run_status(run) in _wire_v4.RUN_FAILED_STATUSES:
-            self.log.info("An earlier try's run %s is %s: starting a new one.", run["id"], run.get("status"))
-            return None
+            run = self._find_run(context, by_name=self._owns_session and not self.workspace_id, adopting=True)
+            if run is not None and self._owns_session and store is None:
+                run = self._latest_repair(run) or run
+        if run is None or not self._adoptable(run):
+            return None, {}
         self.log.info(
             "An earlier try of this task started run %s, which is %s: using it, not starting another.",
             run["id"],
             run.get("status"),
         )
-        return run
+        return run, progress
+
+    def _adoptable(self, run: Mapping[str, Any]) -> bool:
+        """Whether an earlier try's run is worth waiting for or using: not one that failed, was
+        cancelled, or completed with a verdict this task's policy rejects."""
+        verdict_rejected = (
+            _wire_v4.run_status(run) is _wire_v4.RunStatus.COMPLETED
+            and not _wire_v4.awaits_judgement(run, self.success_policy)
+            and _wire_v4.run_failure(run, self.success_policy) is not None
+        )
+        if _wire_v4.run_status(run) in _wire_v4.RUN_FAILED_STATUSES or verdict_rejected:
+            self.log.info("An earlier try's run %s is %s: starting a new one.", run["id"], run.get("status"))
+            return False
+        return True
+
+    def _latest_repair(self, run: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The conversation's latest run, when it is a repair this task asked for after ``run``."""
+        latest_id = self.hook.get_agent_session(str(run["sessionId"])).get("latestRunId")
+        if not latest_id or latest_id == run["id"]:
+            return None
+        latest = self.hook.get_run(str(latest_id))
+        return latest if str(latest.get("task") or "").startswith(_wire_v4.REPAIR_PROMPT_START) else None
 
     def _find_run(
         self,
@@ -362,6 +408,7 @@ class RunAgentOperator(BrowserUseBaseOperator):
         session_id: str | None = None,
         prompt: str | None = None,
         since: float | None = None,
+        known: frozenset[str] = frozenset(),
         by_name: bool = False,
         adopting: bool = False,
     ) -> dict[str, Any] | None:
@@ -369,22 +416,22 @@ class RunAgentOperator(BrowserUseBaseOperator):
 
         Recognised by the workspace it created (``workspace_id``, or with ``by_name`` by the
         name derived from the task instance); else, for a follow-up or a given workspace, by
-        that session or workspace and the prompt, where another task's run with the same prompt
-        could also fit: when several do, none is taken (an ambiguous create fails; a retry
-        starts anew). Only runs since ``since`` (else since the DAG run started) count.
+        that session or workspace and the prompt, leaving out the ``known`` runs (those there
+        before the create). Another task's run could fit then: when several do, none is taken
+        (an ambiguous create fails; a retry starts anew). When adopting, runs that failed do
+        not count. Only runs since ``since`` (else since the DAG run started) count.
         """
         prompt = self.task if prompt is None else prompt
         if since is None:
             started = getattr(context.get("dag_run"), "start_date", None)
             since = started.timestamp() if started is not None else None
-        session_id = session_id or (_common.require_id(self.session_id, "session_id") if self.session_id else None)
-        runs = self.hook.list_runs(session_id=session_id, max_items=ADOPTION_LISTING)
-        fits = [
-            run
-            for run in runs
-            if run.get("task") == prompt
-            and (since is None or (_wire.parse_timestamp(run.get("createdAt")) or 0) >= since - LISTING_CLOCK_SKEW)
-        ]
+        if session_id is None and not self._owns_session:
+            session_id = _common.require_id(self.session_id, "session_id")
+        after = since - LISTING_CLOCK_SKEW if since is not None else None
+        runs = self.hook.list_runs(session_id=session_id, created_after=after)
+        fits = [run for run in runs if run.get("task") == prompt and str(run.get("id")) not in known]
+        if adopting:
+            fits = [run for run in fits if _wire_v4.run_status(run) not in _wire_v4.RUN_FAILED_STATUSES]
         if workspace_id is not None:
             return next((run for run in fits if run.get("workspaceId") == workspace_id), None)
         if by_name:
@@ -403,6 +450,13 @@ class RunAgentOperator(BrowserUseBaseOperator):
             raise AirflowException(f"Creating the run may have worked, but several runs fit: {ids}.")
         return fits[0] if fits else None
 
+    def _known_runs(self, session_id: str | None) -> frozenset[str]:
+        """The ids of the runs there before a create in a shared session or workspace: the run
+        an ambiguous create made is a new one."""
+        if session_id is None and not self.workspace_id:
+            return frozenset()  # this task's own workspace: nothing else runs there
+        return frozenset(str(run.get("id")) for run in self.hook.list_runs(session_id=session_id, max_items=500))
+
     def _workspace_name(self, context: Context) -> str:
         ti = context["ti"]
         return _wire_v4.instance_workspace_name(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1))
@@ -412,17 +466,23 @@ class RunAgentOperator(BrowserUseBaseOperator):
         inputs = self._input_files()  # checked before anything is created
         if store is not None:
             store.set(STATE_RUN_ID, "")  # an earlier try's failed run is no longer this task's
-        if self.session_id and self.session_max_cost_usd is not None:
+            store.set(STATE_PROGRESS, {})
+        if not self._owns_session and self.session_max_cost_usd is not None:
             self.hook.set_agent_session_cost_cap(
                 _common.require_id(self.session_id, "session_id"), self.session_max_cost_usd
             )
         workspace_id = self._workspace(context, store)
         attached = self._upload_inputs(workspace_id, inputs) if inputs else []
-        body = self._body(workspace_id if not self.session_id else None, attached)
-        own_workspace = workspace_id if not (self.session_id or self.workspace_id) else None
+        body = self._body(workspace_id if self._owns_session else None, attached)
+        own_workspace = workspace_id if self._owns_session and not self.workspace_id else None
+        known = self._known_runs(body.get("sessionId"))
         run = self._create_when_free(
-            body, lambda since: self._find_run(context, workspace_id=own_workspace, since=since)
+            body,
+            lambda since: self._find_run(context, workspace_id=own_workspace, since=since, known=known),
         )
+        if self.wait_for_completion:  # before anything else can fail: what to stop
+            self._waited_run_id = str(run["id"])
+            self._owned_session_id = str(run["sessionId"]) if self._owns_session else None
         if store is not None:
             store.set(STATE_RUN_ID, str(run["id"]))
         self.log.info("Started Browser Use run %s in session %s.", run["id"], run["sessionId"])
@@ -431,7 +491,7 @@ class RunAgentOperator(BrowserUseBaseOperator):
     def _workspace(self, context: Context, store: Any) -> str | None:
         """The workspace the run works in: the session's, the one given, or a new one named
         after this task instance (so that a retry can find the run)."""
-        if self.session_id:
+        if not self._owns_session:
             if not self.input_files:
                 return None
             session = self.hook.get_agent_session(_common.require_id(self.session_id, "session_id"))
@@ -484,7 +544,7 @@ class RunAgentOperator(BrowserUseBaseOperator):
 
     def _create_when_free(self, body: dict[str, Any], find: Callable[[float], dict[str, Any] | None]) -> dict[str, Any]:
         """Create the run; while its session runs another (409) or the account's cap is full
-        (429), wait (nothing was created), within the task's deadline. After an ambiguous
+        (429), wait (nothing was created), within the try's deadline. After an ambiguous
         failure, ``find`` looks for the run (given when it was asked for), which is never resent."""
         started = time.monotonic()
         refusals = 0
@@ -508,7 +568,7 @@ class RunAgentOperator(BrowserUseBaseOperator):
                     self.log.warning("Found the run the failed call created: %s.", found["id"])
                     return found
                 if error.http_status != 409:
-                    if error.http_status in (400, 404, 422):
+                    if error.http_status in (400, 402, 403, 404, 422):  # final: asking again changes nothing
                         raise AirflowFailException(str(error)) from error
                     raise
                 session_id = body.get("sessionId")
@@ -526,7 +586,7 @@ class RunAgentOperator(BrowserUseBaseOperator):
         """Seconds left of ``timeout``, counted from the start of the try (repairs included)."""
         return self._deadline - time.time()
 
-    def _wait(self, context: Context, run_id: str) -> None:
+    def _wait(self, context: Context, run_id: str, progress: dict[str, Any]) -> None:
         """Poll until the run ends; log each status once."""
         last_status = None
         while True:
@@ -537,17 +597,21 @@ class RunAgentOperator(BrowserUseBaseOperator):
                 return
             cost = _wire_v4.over_budget(view, self.max_cost_usd)
             if cost is not None:
-                self._stop_over_budget(context, run_id, cost)
+                self._stop_over_budget(context, run_id, cost, progress)
             if view.get("status") != last_status:
                 last_status = view.get("status")
                 self.log.info("Run %s is %s.", run_id, last_status)
             if self._remaining() <= 0:
                 self._stop_remote_work(f"it did not end within timeout={self.timeout} s")
                 raise AirflowException(
-                    f"Browser Use run {run_id} did not end within {self.timeout} s; it was cancelled."
+                    f"Browser Use run {run_id} did not end within {self.timeout} s; {self._given_up}"
                 )
 
-    def _defer_unless_ended(self, context: Context, run_id: str, *, repairs_done: int, spent: float) -> None:
+    @property
+    def _given_up(self) -> str:
+        return "it was cancelled." if self.stop_on_give_up else "it was left running (stop_on_give_up=False)."
+
+    def _defer_unless_ended(self, context: Context, run_id: str, progress: dict[str, Any]) -> None:
         from airflow_provider_browseruse.triggers.browser_use import AgentRunTrigger
 
         if _wire_v4.is_terminal(self.hook.get_run_status(run_id)):
@@ -564,15 +628,16 @@ class RunAgentOperator(BrowserUseBaseOperator):
                 browser_session_id=self._owned_session_id,
             ),
             method_name="execute_complete",
-            kwargs={"repairs_done": repairs_done, "spent": spent, "deadline": self._deadline},
+            kwargs={"progress": progress, "deadline": self._deadline},
         )
 
     def execute_complete(
-        self, context: Context, event: Any, repairs_done: int = 0, spent: float = 0.0, deadline: float | None = None
+        self, context: Context, event: Any, progress: dict[str, Any] | None = None, deadline: float | None = None
     ) -> Any:
         """Resume after the deferred wait: finish, or cancel the run and fail."""
         ti = context["ti"]
         self._deadline = deadline if deadline is not None else time.time() + self.timeout
+        progress = dict(progress or {})
         expected = ti.xcom_pull(task_ids=ti.task_id, key=_common.RUN_ID_KEY, map_indexes=ti.map_index)
         event = _common.run_event(event, expected)
         run_id = event[_common.RUN_ID_KEY]
@@ -586,22 +651,24 @@ class RunAgentOperator(BrowserUseBaseOperator):
                 self._stop_remote_work("its deadline passed while deferred")
                 raise AirflowException(
                     f"Browser Use run {run_id} did not end within the timeout ({self.timeout} s or the "
-                    "execution_timeout); it was cancelled."
+                    f"execution_timeout); {self._given_up}"
                 )
             if event["event"] == "error":
                 self._stop_remote_work("waiting for it failed")
                 raise AirflowException(f"Waiting for Browser Use run {run_id} failed: {event.get('message')}")
             if event["event"] == "over_budget":
                 cost = _wire.to_decimal(event.get("cost"))
-                self._stop_over_budget(context, run_id, cost, cancelled=event.get("stopped") is True)
+                self._stop_over_budget(context, run_id, cost, progress, cancelled=event.get("stopped") is True)
         except BaseException:
             self._stop_remote_work("the task failed")
             raise
-        return self._finish(context, run_id, repairs_done=repairs_done, spent=spent)
+        return self._finish(context, run_id, progress)
 
     # --- ending --------------------------------------------------------------------------------
 
-    def _stop_over_budget(self, context: Context, run_id: str, cost: Any, *, cancelled: bool = False) -> None:
+    def _stop_over_budget(
+        self, context: Context, run_id: str, cost: Any, progress: Mapping[str, Any], *, cancelled: bool = False
+    ) -> None:
         """Cancel the run that passed ``max_cost_usd`` (and a browser this task started); fail for good."""
         assert self.max_cost_usd is not None
         session_id, self._owned_session_id = self._owned_session_id, None
@@ -610,12 +677,12 @@ class RunAgentOperator(BrowserUseBaseOperator):
             cancelled = _common.stop_run_quietly(self.hook, self.log, run_id, session_id)
         elif session_id is not None:
             _common.stop_browsers_quietly(self.hook, self.log, session_id)
-        _common.push_cost(context["ti"], cost)
+        context["ti"].xcom_push(key=_common.COST_KEY, value=float(progress.get("spent", 0.0)) + float(cost))
         raise _common.over_budget_run_failure(run_id, cost, self.max_cost_usd, cancelled=cancelled)
 
     def _final_run(self, run_id: str) -> dict[str, Any]:
         """The ended run, once its judge's verdict has landed when the policy needs it (the
-        judge works after the run ends), within the task's deadline."""
+        judge works after the run ends), within the try's deadline."""
         run = self.hook.get_run(run_id)
         waited_until = time.monotonic() + min(_wire_v4.JUDGEMENT_WAIT, max(0.0, self._remaining()))
         while _wire_v4.awaits_judgement(run, self.success_policy) and time.monotonic() < waited_until:
@@ -623,7 +690,7 @@ class RunAgentOperator(BrowserUseBaseOperator):
             run = self.hook.get_run(run_id)
         return run
 
-    def _finish(self, context: Context, run_id: str, *, repairs_done: int, spent: float) -> Any:
+    def _finish(self, context: Context, run_id: str, progress: dict[str, Any]) -> Any:
         """Judge the ended run and return its answer.
 
         Whatever the way out, the browser of a conversation this task started is stopped (after
@@ -633,37 +700,34 @@ class RunAgentOperator(BrowserUseBaseOperator):
         """
         self._waited_run_id = None  # it has ended: nothing left to cancel
         try:
-            return self._result(context, run_id, repairs_done, spent)
+            return self._result(context, run_id, progress)
         except BaseException as error:
-            if not _is_deferral(error):  # deferred again for a repair: the browser is in use
-                self._end_browser(quietly=True, succeeded=False)
+            if not _is_deferral(error):  # deferred again for a repair: the run and browser are in use
+                self._stop_remote_work("the task failed")
             raise
 
-    def _result(self, context: Context, run_id: str, repairs_done: int, spent: float) -> Any:
+    def _result(self, context: Context, run_id: str, progress: dict[str, Any]) -> Any:
         ti = context["ti"]
         run = self._final_run(run_id)
-        spent += float(_wire_v4.run_cost(run))
+        progress["spent"] = float(progress.get("spent", 0.0)) + float(_wire_v4.run_cost(run))
         ti.xcom_push(key=_common.RUN_KEY, value=_wire_v4.run_for_xcom(run))
-        ti.xcom_push(key=_common.COST_KEY, value=spent)  # all of this task's runs: repairs too
+        ti.xcom_push(key=_common.COST_KEY, value=progress["spent"])  # all of this task's runs: repairs too
         self.log.info("%s.", _wire_v4.outcome(run))
         self._check_budgets(run)
         failure = _wire_v4.run_failure(run, self.success_policy)
         if failure is not None:
             raise BrowserUseTaskError(failure, run)
-        if (
-            self._owns_session
-            and self.session_max_cost_usd is not None
-            and self._first_budget() != self.session_max_cost_usd
-        ):
-            # The first run's maxCostUsd was the lower run cap: follow-ups get the session's budget.
-            self.hook.set_agent_session_cost_cap(str(run["sessionId"]), self.session_max_cost_usd)
         try:
             output = _common.parsed_run_output(run, self.structured_output)
         except ValueError as error:
-            if repairs_done >= self.structured_output_repairs:
-                raise BrowserUseTaskError(f"Browser Use run {run_id}: {error}", run) from error
-            return self._repair(context, run, str(error), repairs_done + 1, spent)
-        self._end_browser(quietly=False, succeeded=True)  # before the copy: it needs no browser
+            repairs = int(progress.get("repairs", 0))
+            if repairs >= self.structured_output_repairs or self._remaining() <= 0:
+                why = "" if repairs >= self.structured_output_repairs else " (no time left to ask for a repair)"
+                raise BrowserUseTaskError(f"Browser Use run {run_id}: {error}{why}", run) from error
+            progress["repairs"] = repairs + 1
+            return self._repair(context, run, str(error), progress)
+        if self.keep_alive is None:
+            self._end_browser()  # before the copy, which needs no browser
         if self.output_files_path is not None and run.get("workspaceId"):
             paths = _common.copy_workspace_files(
                 self.hook,
@@ -671,11 +735,16 @@ class RunAgentOperator(BrowserUseBaseOperator):
                 run_id,
                 str(run["workspaceId"]),
                 self.output_files_path,
-                since=_wire.parse_timestamp(run.get("createdAt")),
+                since=progress.get("since"),
             )
             ti.xcom_push(key=_common.OUTPUT_FILES_KEY, value=paths)
         self._push_session_cost(ti, str(run["sessionId"]))
+        self._end_browser()  # with keep_alive: kept only now that nothing can fail any more
         return output
+
+    def _session_budget(self) -> float | None:
+        """The session budget in force for this task's runs, as far as this task set it."""
+        return self._first_budget() if self._owns_session else self.session_max_cost_usd
 
     def _check_budgets(self, run: Mapping[str, Any]) -> None:
         """A run the server ended at a budget fails for good: a retry would pay again."""
@@ -684,43 +753,49 @@ class RunAgentOperator(BrowserUseBaseOperator):
         cost = _wire_v4.run_cost(run)
         if self.max_cost_usd is not None and cost >= Decimal(str(self.max_cost_usd)):
             raise _common.over_budget_run_failure(str(run["id"]), cost, self.max_cost_usd, cancelled=True)
-        if self.session_max_cost_usd is not None:
-            total = _wire.to_decimal(self.hook.get_agent_session_cost(str(run["sessionId"])).get("totalCostUsd"))
-            if total >= Decimal(str(self.session_max_cost_usd)):
-                raise _common.over_budget_run_failure(
-                    str(run["id"]), total, self.session_max_cost_usd, cancelled=True, parameter="session_max_cost_usd"
-                )
+        budget = self._session_budget()
+        if budget is None:
+            return
+        total = _wire.to_decimal(self.hook.get_agent_session_cost(str(run["sessionId"])).get("totalCostUsd"))
+        if total >= Decimal(str(budget)):
+            parameter = "session_max_cost_usd" if budget == self.session_max_cost_usd else "max_cost_usd"
+            raise _common.over_budget_run_failure(str(run["id"]), total, budget, cancelled=True, parameter=parameter)
 
-    def _repair(self, context: Context, run: Mapping[str, Any], error: str, repair: int, spent: float) -> Any:
+    def _repair(self, context: Context, run: Mapping[str, Any], error: str, progress: dict[str, Any]) -> Any:
         """Ask for the answer again, in the schema, as a follow-up run in the same session."""
         self.log.warning(
             "Run %s answered out of its schema (%s); asking for a repair (%d of %d) in the same session.",
             run.get("id"),
             error,
-            repair,
+            progress["repairs"],
             self.structured_output_repairs,
         )
         session_id = str(run["sessionId"])
         prompt = _wire_v4.repair_prompt(error, _common.schema_of(self.structured_output) or {})
-        body = _wire.request_body({**self._turn_fields(), "task": prompt, "session_id": session_id})
+        extra = {key: value for key, value in self.extra_fields.items() if key not in _CONVERSATION_FIELDS}
+        body = _wire.request_body({**self._turn_fields(), "task": prompt, "session_id": session_id}, extra)
+        known = self._known_runs(session_id)
         created = self._create_when_free(
-            body, lambda since: self._find_run(context, session_id=session_id, prompt=prompt, since=since)
+            body,
+            lambda since: self._find_run(context, session_id=session_id, prompt=prompt, since=since, known=known),
         )
         repair_id = str(created["id"])
-        store = context.get("task_state_store")
-        if store is not None:
-            store.set(STATE_RUN_ID, repair_id)  # a retry resumes from the latest run
-        context["ti"].xcom_push(key=_common.RUN_ID_KEY, value=repair_id)
-        self._waited_run_id = repair_id
-        if self.deferrable:
-            self._defer_unless_ended(context, repair_id, repairs_done=repair, spent=spent)
-        else:
-            try:
-                self._wait(context, repair_id)
-            except BaseException:
+        self._waited_run_id = repair_id  # before anything else can fail: what to stop
+        try:
+            store = context.get("task_state_store")
+            if store is not None:
+                store.set(STATE_RUN_ID, repair_id)  # a retry resumes from the latest run
+                store.set(STATE_PROGRESS, progress)
+            context["ti"].xcom_push(key=_common.RUN_ID_KEY, value=repair_id)
+            if self.deferrable:
+                self._defer_unless_ended(context, repair_id, progress)
+            else:
+                self._wait(context, repair_id, progress)
+        except BaseException as failure:
+            if not _is_deferral(failure):
                 self._stop_remote_work("waiting for the repair failed")
-                raise
-        return self._finish(context, repair_id, repairs_done=repair, spent=spent)
+            raise
+        return self._finish(context, repair_id, progress)
 
     def _push_session_cost(self, ti: Any, session_id: str) -> None:
         try:
@@ -731,24 +806,21 @@ class RunAgentOperator(BrowserUseBaseOperator):
         ti.xcom_push(key=_common.SESSION_COST_KEY, value=cost)
         self.log.info("Session %s has cost $%s so far.", session_id, _wire.to_decimal(cost.get("totalCostUsd")))
 
-    def _end_browser(self, *, quietly: bool, succeeded: bool) -> None:
-        """Stop the browser of the session this task started; after a success, unless
+    def _end_browser(self) -> None:
+        """After a success: stop the browser of the session this task started, unless
         ``keep_alive`` keeps it for a follow-up.
 
-        :raises AirflowException: it could not be stopped (unless ``quietly``: then logged).
+        :raises AirflowException: it could not be stopped.
         """
         session_id, self._owned_session_id = self._owned_session_id, None
         if session_id is None:
             return
-        if succeeded and self.keep_alive is not None:
+        if self.keep_alive is not None:
             self.log.info(
                 "The session's browser stays up, billed, for up to keep_alive=%s s after the run, for a "
                 "follow-up; end it with EndAgentSessionOperator.",
                 self.keep_alive,
             )
-            return
-        if quietly:
-            _common.stop_browsers_quietly(self.hook, self.log, session_id)
             return
         try:
             if self.hook.stop_agent_session_browsers(session_id):
@@ -766,8 +838,7 @@ class RunAgentOperator(BrowserUseBaseOperator):
         session_id, self._owned_session_id = self._owned_session_id, None
         if not self.stop_on_give_up or (run_id is None and session_id is None):
             return
-        stopped = _common.stop_run_quietly(self.hook, self.log, run_id, session_id)
-        if stopped:
+        if _common.stop_run_quietly(self.hook, self.log, run_id, session_id):
             what = " and stopped its session's browser" if session_id else ""
             self.log.warning("Cancelled Browser Use run %s%s because %s.", run_id, what, why)
 
@@ -780,12 +851,21 @@ def _is_deferral(error: BaseException) -> bool:
     return type(error).__name__ == "TaskDeferred"
 
 
+#: RunCreateRequest fields that belong to the conversation's first run, not to a repair turn.
+_CONVERSATION_FIELDS = frozenset({"browserSettings", "keepAlive", "workspaceId", "attachedFileIds"})
 #: RunCreateRequest fields the operator sets from its parameters: not for ``extra_fields``.
 _FIELDS_OF_PARAMETERS = frozenset(
     {"task", "model", "sessionId", "workspaceId", "browserSettings", "keepAlive", "judge", "maxCostUsd"}
     | {"outputSchema", "attachedFileIds"}
 )
 _BROWSER_SETTINGS = ("profile_id", "proxy_country_code", "custom_proxy", "screen_width", "screen_height", "record")
+
+
+def _known_schemes() -> set[str]:
+    """The URL schemes fsspec (under ObjectStoragePath) knows, installed or not."""
+    from fsspec.registry import known_implementations, registry
+
+    return set(known_implementations) | set(registry)
 
 
 def _input_paths(input_files: Any) -> list[Any]:
@@ -812,7 +892,10 @@ def _input_paths(input_files: Any) -> list[Any]:
             continue  # rendered at run time
         if not isinstance(item, (str, ObjectStoragePath)) or not str(item).strip():
             raise ValueError(f"input_files must hold paths or URLs, got {item!r}")
+        scheme = str(item).split("://", 1)[0] if "://" in str(item) else ""
         try:
+            if scheme and scheme not in _known_schemes():
+                raise ValueError(f"no file system knows the scheme {scheme!r}")
             paths.append(item if isinstance(item, ObjectStoragePath) else ObjectStoragePath(item))
         except ValueError as error:  # an unknown URL scheme, say
             raise ValueError(f"input_files holds {item!r}, which is not a path or URL it can read: {error}") from None
@@ -855,38 +938,35 @@ class EndAgentSessionOperator(BrowserUseBaseOperator):
         ti = context["ti"]
         session_id = _common.require_id(self.session_id, "session_id")
         _common.push_agent_session(ti, self.hook, session_id)
+        failed: list[str] = []  # each step is tried: one error must not leave the browser billing
         try:
-            session = self.hook.get_agent_session(session_id)
+            self.hook.get_agent_session(session_id)
         except BrowserUseAPIError as error:
             if error.http_status == 403 and self.purge:  # Zero Data Retention: purging is all there is
                 self.hook.purge_agent_session(session_id)
                 self.log.info("Purged session %s (a Zero Data Retention project: no v4 runs to end).", session_id)
-                return {
-                    "session_id": session_id,
-                    "cancelled_run_id": None,
-                    "removed_messages": 0,
-                    "stopped_browsers": [],
-                    "deleted": False,
-                }
-            if not error.is_not_found:
-                raise
-            if not self.missing_ok:
-                raise AirflowFailException(
-                    f"{error}. Is session_id right? Set missing_ok=True to allow this."
-                ) from error
-            self.log.info("Session %s does not exist (any more): nothing to end.", session_id)
-            return None
-        failed: list[str] = []  # each step is tried: one error must not leave the browser billing
+                return self._outcome(session_id, None, 0, [])
+            if error.is_not_found:
+                if not self.missing_ok:
+                    raise AirflowFailException(
+                        f"{error}. Is session_id right? Set missing_ok=True to allow this."
+                    ) from error
+                self.log.info("Session %s does not exist (any more): nothing to end.", session_id)
+                return None
+            self.log.error("Could not read session %s (%s); ending what can be ended.", session_id, error)
+            failed.append(f"read it: {error}")
         removed = self._step(failed, "remove its queued messages", lambda: self._remove_queued(session_id)) or 0
+        # Read after the queue is emptied: a message dispatched meanwhile is the run to cancel.
+        session = self._step(failed, "read it", lambda: self.hook.get_agent_session(session_id)) or {}
         cancelled = None
-        latest = session.get("latestRunId")
+        latest = session.get("latestRunId") if isinstance(session, dict) else None
         active = bool(latest) and not _wire_v4.is_terminal(session)
         if active and self._step(failed, f"cancel run {latest}", lambda: self.hook.cancel_run(str(latest))):
             cancelled = str(latest)
             self.log.warning("Cancelled run %s of session %s.", latest, session_id)
         stopped = self._step(failed, "stop its browsers", lambda: self.hook.stop_agent_session_browsers(session_id))
-        cost = self._step(failed, "read its cost", lambda: self.hook.get_agent_session_cost(session_id)) or {}
-        if cost:
+        cost = self._step(failed, "read its cost", lambda: self.hook.get_agent_session_cost(session_id))
+        if isinstance(cost, dict):
             ti.xcom_push(key=_common.SESSION_COST_KEY, value=cost)
             _common.push_cost(ti, _wire.to_decimal(cost.get("totalCostUsd")))
         if self.purge:
@@ -895,21 +975,25 @@ class EndAgentSessionOperator(BrowserUseBaseOperator):
             self._step(failed, "delete it", lambda: self.hook.delete_agent_session(session_id))
         if failed:
             raise AirflowException(f"Could not end Browser Use session {session_id} in full: " + "; ".join(failed))
+        browsers = [str(browser.get("id")) for browser in stopped or []]
         self.log.info(
             "Ended session %s: %d queued message(s) removed, run cancelled: %s, %d browser(s) stopped%s; "
             "it cost $%s in all.",
             session_id,
             removed,
             cancelled or "none was active",
-            len(stopped or []),
+            len(browsers),
             ", deleted" if self.delete else "",
-            _wire.to_decimal(cost.get("totalCostUsd")),
+            _wire.to_decimal(cost.get("totalCostUsd") if isinstance(cost, dict) else None),
         )
+        return self._outcome(session_id, cancelled, removed, browsers)
+
+    def _outcome(self, session_id: str, cancelled: str | None, removed: int, browsers: list[str]) -> dict[str, Any]:
         return {
             "session_id": session_id,
             "cancelled_run_id": cancelled,
             "removed_messages": removed,
-            "stopped_browsers": [str(browser.get("id")) for browser in stopped or []],
+            "stopped_browsers": browsers,
             "deleted": self.delete,
         }
 

@@ -319,7 +319,9 @@ class AgentRunSensor(BrowserUseBaseSensor):
         ti = context["ti"]
         run = self.hook.get_run(self.watched_id)
         if _wire_v4.awaits_judgement(run, self.success_policy):
-            ended_at = _wire.parse_timestamp(run.get("updatedAt")) or time.time()
+            # The end as the API dates it; else when this sensor first saw it (a fixed moment).
+            self._end_seen = getattr(self, "_end_seen", None) or time.time()
+            ended_at = _wire.parse_timestamp(run.get("updatedAt")) or self._end_seen
             if time.time() - ended_at <= _wire_v4.JUDGEMENT_WAIT:
                 self.log.info("Run %s has ended; waiting for the judge's verdict.", self.watched_id)
                 return PokeReturnValue(is_done=False)

@@ -45,9 +45,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bu_benchmark_key_0123456789"
 PRELUDE = "from airflow.sdk import DAG, BaseHook, BaseOperator, BaseOperatorLink, BaseSensorOperator\n"
+#: What a DAG file imports: the packages, so v2's and v4's operators both.
 OURS = (
-    "import airflow_provider_browseruse.hooks.browser_use, airflow_provider_browseruse.operators.browser_use, "
-    "airflow_provider_browseruse.sensors.browser_use"
+    "import airflow_provider_browseruse.hooks, airflow_provider_browseruse.operators, "
+    "airflow_provider_browseruse.sensors"
 )
 HTTP_PROVIDER = "import airflow.providers.http.operators.http"
 

@@ -105,6 +105,41 @@ def test_downloads_carry_no_key_and_follow_no_redirect(serve: Callable[..., Host
     assert other.received == []
 
 
+def test_uploads_carry_no_key_follow_no_redirect_and_end_in_time(serve: Callable[..., HostileServer]) -> None:
+    """API v4's presigned PUTs go to a storage host the API names: as untrusted as the API."""
+    other = serve(lambda r: [answer(200, b"")], host="127.0.0.2")
+    storage = serve(
+        lambda r: (
+            [answer(200, b"")]
+            if r.path == "/ok"
+            else dripping(b"x" * 400, 0.05)
+            if r.path == "/drip"
+            else redirect(f"{other.url}/steal")
+        )
+    )
+    hook = BrowserUseHook("hostile", timeout=1, retry_policy=FAST, download_timeout=1)
+
+    def source() -> io.BytesIO:
+        return io.BytesIO(b"a,b\n")
+
+    hook.upload(f"{storage.url}/ok", source, 4, "text/csv")
+    [sent] = storage.received
+    assert (sent.method, sent.body, sent.headers["content-type"], sent.headers["content-length"]) == (
+        "PUT",
+        b"a,b\n",
+        "text/csv",
+        "4",
+    )
+    assert "x-browser-use-api-key" not in sent.headers
+    with pytest.raises(BrowserUseAPIError, match="redirect"):
+        hook.upload(f"{storage.url}/moved", source, 4, "text/csv")
+    assert other.received == []
+    started = time.monotonic()
+    with pytest.raises(BrowserUseAPIError, match="no complete answer"):
+        hook.upload(f"{storage.url}/drip", source, 4, "text/csv")  # 20 s of answer, against 1 s a try
+    assert time.monotonic() - started < FAST.max_total + 3
+
+
 # --- 2. host parsing ---------------------------------------------------------------------------
 
 

@@ -278,6 +278,9 @@ with DAG("v4_under_a_scheduler", schedule=None, default_args={"retries": 0}):
         retries=1, retry_delay=timedelta(seconds=0),
     )
     RunAgentOperator(task_id="killed", task="v4 kill me", deferrable=True, poll_interval=1)
+    RunAgentOperator.partial(task_id="mapped", deferrable=True, poll_interval=1).expand(
+        task=[f"v4 mapped job {n}" for n in range(4)]
+    )
 """
 
 
@@ -360,7 +363,22 @@ def test_v4_under_a_real_scheduler_adopts_on_retry_stops_on_kill_and_leaks_nothi
     assert (tries, ti_state(V4_FAULTS_DAG_ID, "adopted")) == (2, "success")
     adopted = [run for run in emulator.state.v4.runs.values() if run.prompt == "v4 adopt me"]
     assert len(adopted) == 1 and xcom(V4_FAULTS_DAG_ID, "adopted", "return_value") == "adopted"
-    assert emulator.count("POST", "/v4/runs") == 4  # price check, follow-up, adopted, killed: no duplicate
+    # Mapped instances ran at once, each on its own run, each handed its own answer.
+    mapped = airflow.query(
+        "SELECT map_index, state FROM task_instance WHERE dag_id = ? AND task_id = 'mapped' ORDER BY map_index",
+        V4_FAULTS_DAG_ID,
+    )
+    assert mapped == [(n, "success") for n in range(4)]
+    answers = dict(
+        airflow.query(
+            "SELECT map_index, value FROM xcom WHERE dag_id = ? AND task_id = 'mapped' AND key = 'return_value'",
+            V4_FAULTS_DAG_ID,
+        )
+    )
+    assert all(f"v4 mapped job {n}" in answers[n] for n in range(4)), answers
+    assert len([run for run in emulator.state.v4.runs.values() if run.prompt.startswith("v4 mapped job")]) == 4
+    # price check, follow-up, adopted, killed, 4 mapped: no duplicate
+    assert emulator.count("POST", "/v4/runs") == 8
     airflow.wait_for(
         "no run and no browser left",
         lambda: emulator.active_run_count() == 0 and emulator.active_browser_count() == 0,

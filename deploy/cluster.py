@@ -30,7 +30,7 @@ from tests.local_airflow import Airflow, free_port
 #: Celery workers started (each its own process tree, as if on its own host).
 WORKERS = ("worker1", "worker2")
 #: A task whose worker died is failed (and retried) this long after its last heartbeat.
-HEARTBEAT_TIMEOUT = 20
+HEARTBEAT_TIMEOUT = 30
 
 
 def _as_postgres(*command: str) -> list[str]:
@@ -39,7 +39,7 @@ def _as_postgres(*command: str) -> list[str]:
 
 
 def _pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(p.split("/")[4]))
     if not found:
         raise RuntimeError(f"PostgreSQL's {name} not found: run scripts/deploy-prerequisites.sh first")
     return found[-1]
@@ -154,6 +154,7 @@ class Cluster(Airflow):
         return self.database.execute(sql.replace("?", "%s"), *params)
 
     def start_worker(self, name: str) -> None:
+        seen = len(self.logs(name))  # a restarted worker appends to its log: only new lines count
         self.start(
             name,
             "celery",
@@ -166,7 +167,11 @@ class Cluster(Airflow):
             "--concurrency",
             "8",
         )
-        self.wait_for(f"{name} to be ready", lambda: "ready." in self.logs(name), timeout=120)
+        self.wait_for(f"{name} to be ready", lambda: "ready." in self.logs(name)[seen:], timeout=120)
+
+    def start_triggerer(self) -> None:
+        # Its log server would listen on every interface; the api-server reads the log files.
+        self.start("triggerer", "triggerer", "--skip-serve-logs")
 
     def kill_tree(self, name: str) -> list[int]:
         """SIGKILL a component and every process under it at once, as a host that dies; return the pids."""
@@ -287,7 +292,7 @@ def running_cluster(
         cluster.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port))
         cluster.start("scheduler", "scheduler")
         cluster.start("dag-processor", "dag-processor")
-        cluster.start("triggerer", "triggerer")
+        cluster.start_triggerer()
         for name in WORKERS:
             cluster.start_worker(name)
         _wait_listening(api_port, "the api-server", timeout=120)
@@ -295,14 +300,19 @@ def running_cluster(
 
 
 def _stop_all(cluster: Cluster) -> None:
-    # Workers first (no task may start against a stopping scheduler), then the rest.
+    # Workers first (no task may start against a stopping scheduler), then the rest; a component
+    # that already died must not keep the others running.
     for name in sorted(cluster.processes, key=lambda n: not n.startswith("worker")):
-        cluster.stop(name)
+        with suppress(ProcessLookupError):
+            cluster.stop(name)
 
 
 def _check_nothing_left(root: Path, ports: list[int]) -> None:
-    listening = [port for port in ports if _listening(port)]
     running = processes_mentioning(str(root))
+    for line in running:  # a task's own process group outlives its worker's: kill it, then fail
+        with suppress(ProcessLookupError):
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+    listening = [port for port in ports if _listening(port)]
     print(
         f"deploy: stopped everything: {len(listening)} ports listening, {len(running)} processes left", file=sys.stderr
     )

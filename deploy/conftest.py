@@ -3,6 +3,9 @@ a summary line per scenario in the CI log."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +26,14 @@ SECRET = "deploy-task-secret-horse-battery-91"
 CAP = 3
 
 SUMMARIES: list[str] = []
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    # A CI timeout sends SIGTERM: unwind through the fixtures, which stop every server.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _interrupted)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -55,6 +66,20 @@ def cluster(emulator: BrowserUseEmulator) -> Iterator[Cluster]:
         dag_ids = [Path(name).stem for name in _dag_files() if "/" not in name]
         parsed = "SELECT count(*) FROM dag WHERE dag_id = ANY(%s)"
         instance.wait_for("every DAG to be parsed", lambda: instance.query(parsed, dag_ids)[0][0] == len(dag_ids))
+        # The documented set-up, before any DAG runs (the taskflow example uses this pool too): a
+        # pool as large as the account's cap, read from the API.
+        emulator.state.max_concurrent_sessions = CAP
+        limit = subprocess.run(
+            [sys.executable, "-m", "airflow_provider_browseruse", "concurrent-session-limit"],
+            env=instance.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        emulator.state.max_concurrent_sessions = None
+        assert limit == str(CAP)
+        pool = {"name": "browser_use", "slots": int(limit), "include_deferred": True}
+        Rest(instance).call("POST", "/pools", json=pool)
         SUMMARIES.append(f"deploy: cluster up in {time.monotonic() - started:.0f} s: {', '.join(instance.processes)}")
         yield instance
     # running_cluster raised if a port were still listening or a process left running.
@@ -120,10 +145,15 @@ OUTCOME = pytest.StashKey[str]()
 
 @pytest.fixture
 def scoreboard(emulator: BrowserUseEmulator, request: pytest.FixtureRequest) -> Iterator[Scoreboard]:
-    """Counts from here; the test sets ``tasks``. Its line is printed whatever the outcome."""
+    """Counts from here; the test sets ``tasks``. Its line is printed whatever the outcome, and
+    the account is uncapped again for the next scenario."""
+    emulator.state.max_concurrent_sessions = None
     emulator.state.peak_active_sessions = emulator.state.refused_at_cap = 0
     board = Scoreboard(request.node.name.removeprefix("test_"), emulator, first_request=len(emulator.requests("POST")))
-    yield board
+    try:
+        yield board
+    finally:
+        emulator.state.max_concurrent_sessions = None
     SUMMARIES.append(
         f"deploy: {board.name}: {board.tasks} tasks, {time.monotonic() - board.started:.0f} s, "
         f"{board.creates()} creates, max {emulator.state.peak_active_sessions} active sessions, "

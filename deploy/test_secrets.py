@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from airflow_provider_browseruse.testing import BrowserUseEmulator
 from deploy.cluster import Cluster
-from deploy.conftest import API_KEY, SECRET
+from deploy.conftest import API_KEY, SECRET, Scoreboard
 
 
 def test_the_key_and_a_task_secret_are_in_no_log_and_no_database_row(
-    cluster: Cluster, emulator: BrowserUseEmulator
+    cluster: Cluster, emulator: BrowserUseEmulator, scoreboard: Scoreboard
 ) -> None:
     # Both were used: the key on every request, the secret sent with the login example's task.
     assert any(task.secrets == {"password": SECRET} for task in emulator.state.tasks.values())
@@ -35,3 +35,4 @@ def test_the_key_and_a_task_secret_are_in_no_log_and_no_database_row(
         assert f"COPY public.{table} " in dump
     leaks += [f"metadata database: {word}" for word in (API_KEY, SECRET) if word in dump]
     assert leaks == []
+    scoreboard.tasks = len(task_logs)  # here: the task logs searched

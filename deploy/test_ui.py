@@ -13,7 +13,7 @@ import pytest
 
 from airflow_provider_browseruse.testing import BrowserUseEmulator
 from deploy.cluster import Cluster
-from deploy.conftest import API_KEY, ROOT, SUMMARIES, Rest
+from deploy.conftest import API_KEY, ROOT, SUMMARIES, Rest, Scoreboard
 from deploy.test_distributed import xcom
 
 #: Written by every run; the CI log names them. README shows copies from docs/images/.
@@ -66,7 +66,7 @@ def screenshot(page: Any, name: str) -> Path:
 
 
 def test_the_connection_form_relabels_and_hides_fields_and_what_it_saves_works(
-    cluster: Cluster, page: Any, emulator: BrowserUseEmulator
+    cluster: Cluster, page: Any, emulator: BrowserUseEmulator, scoreboard: Scoreboard
 ) -> None:
     from playwright.sync_api import expect
 
@@ -81,6 +81,7 @@ def test_the_connection_form_relabels_and_hides_fields_and_what_it_saves_works(
     expect(api_key).to_have_attribute("placeholder", "bu_...")
     expect(api_key).to_have_attribute("type", "password")
     dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text("Description", exact=True)).to_have_count(1)  # the same locator finds a shown field
     for hidden in ("Host", "Password", "Login", "Port", "Schema"):
         expect(dialog.get_by_text(hidden, exact=True)).to_have_count(0)
     base_url.fill(emulator.base_url)
@@ -95,9 +96,12 @@ def test_the_connection_form_relabels_and_hides_fields_and_what_it_saves_works(
     tested = cluster.cli("connections", "test", "browser_use_from_the_form")
     assert "Connected to Browser Use: project" in tested and "Connection success!" in tested
     assert API_KEY not in tested
+    scoreboard.tasks = 0
 
 
-def test_each_operator_links_to_its_session_in_the_browser_use_web_app(cluster: Cluster, page: Any) -> None:
+def test_each_operator_links_to_its_session_in_the_browser_use_web_app(
+    cluster: Cluster, page: Any, scoreboard: Scoreboard
+) -> None:
     from playwright.sync_api import expect
 
     rest = Rest(cluster)
@@ -115,3 +119,4 @@ def test_each_operator_links_to_its_session_in_the_browser_use_web_app(cluster: 
             screenshot(page, "extra-link")
         seen[(dag_id, task_id)] = expected
     assert len(seen) == len(LINKED)
+    scoreboard.tasks = len(seen)

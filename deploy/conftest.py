@@ -4,8 +4,6 @@ a summary line per scenario in the CI log."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,13 +67,7 @@ def cluster(emulator: BrowserUseEmulator) -> Iterator[Cluster]:
         # The documented set-up, before any DAG runs (the taskflow example uses this pool too): a
         # pool as large as the account's cap, read from the API.
         emulator.state.max_concurrent_sessions = CAP
-        limit = subprocess.run(
-            [sys.executable, "-m", "airflow_provider_browseruse", "concurrent-session-limit"],
-            env=instance.env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        limit = instance.session_limit()
         emulator.state.max_concurrent_sessions = None
         assert limit == str(CAP)
         pool = {"name": "browser_use", "slots": int(limit), "include_deferred": True}

@@ -3,8 +3,6 @@ tests/test_scheduler.py (which asserts) and `make bench` (which prints the figur
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,13 +37,7 @@ def fan_out_runs(
     dags = {"fan_out.py": DAG_FILE.format(pool=POOL, tasks=tasks)}
     # parallelism above the cap: without a pool, Airflow would start more tasks than the API allows.
     with local_airflow(home, dags, emulator.base_url, key, {"AIRFLOW__CORE__PARALLELISM": str(2 * cap + 2)}) as airflow:
-        limit = subprocess.run(
-            [sys.executable, "-m", "airflow_provider_browseruse", "concurrent-session-limit"],
-            env=airflow.env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        limit = airflow.session_limit()
         airflow.cli("pools", "set", POOL, limit, "Browser Use concurrent sessions", "--include-deferred")
         parsed = "SELECT count(*) FROM dag WHERE dag_id LIKE 'fan_out_%'"
         airflow.wait_for("the DAGs to be parsed", lambda: airflow.query(parsed)[0][0] == 2)

@@ -58,6 +58,17 @@ class Airflow:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
 
+    def session_limit(self) -> str:
+        """The README's command for the pool size: the account's concurrentSessionLimit, as printed."""
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow_provider_browseruse", "concurrent-session-limit"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.home / "airflow.db", timeout=30) as db:
             return db.execute(sql, params).fetchall()
